@@ -1,0 +1,7 @@
+"""Compute kernels, per backend, registered in :mod:`sparsecnn.kernels.registry`."""
+
+from . import registry
+from . import dense  # noqa: F401  (registers the dense PyTorch reference kernels)
+from .cpu import *  # noqa: F401,F403  (registers the Numba CPU kernels)
+
+__all__ = ["registry"]

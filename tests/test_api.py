@@ -1,0 +1,55 @@
+"""Validation of the public functional API (kernels are tested in their own files)."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import sparsecnn
+from sparsecnn.kernels import registry
+
+
+def test_dense_algo_matches_torch():
+    x = torch.randn(2, 4, 9, 9)
+    w = torch.randn(6, 4, 3, 3)
+    b = torch.randn(6)
+    torch.testing.assert_close(sparsecnn.conv2d(x, w, b, padding=1, algo="dense"),
+                               F.conv2d(x, w, b, padding=1))
+
+
+@pytest.mark.parametrize(
+    "kwargs, exc, match",
+    [
+        ({"x": torch.randn(4, 9, 9, 1, 1)}, ValueError, "4-D"),
+        ({"w": torch.randn(6, 3, 3, 3)}, ValueError, "input channels"),
+        ({"stride": 0}, ValueError, "stride"),
+        ({"stride": (1,)}, TypeError, "stride"),
+        ({"padding": -1}, ValueError, "padding"),
+        ({"dilation": 0}, ValueError, "dilation"),
+        ({"groups": 3}, ValueError, "groups"),
+        ({"x": torch.randn(1, 4, 2, 2)}, ValueError, "smaller than"),
+        ({"bias": torch.randn(5)}, ValueError, "bias"),
+        ({"x": torch.randn(1, 4, 9, 9).double()}, TypeError, "dtype"),
+        ({"x": torch.ones(1, 4, 9, 9, dtype=torch.int32)}, TypeError, "floating"),
+        ({"algo": "nope"}, ValueError, "unknown conv2d kernel"),
+        ({"w": "weights"}, TypeError, "weight"),
+    ],
+)
+def test_conv2d_bad_input(kwargs, exc, match):
+    args = {"x": torch.randn(1, 4, 9, 9), "w": torch.randn(6, 4, 3, 3), "bias": None,
+            "stride": 1, "padding": 0, "dilation": 1, "groups": 1, "algo": "dense"}
+    args.update(kwargs)
+    with pytest.raises(exc, match=match):
+        sparsecnn.conv2d(args["x"], args["w"], args["bias"], args["stride"], args["padding"],
+                         args["dilation"], args["groups"], algo=args["algo"])
+
+
+def test_linear_bad_input():
+    with pytest.raises(ValueError, match="features"):
+        sparsecnn.linear(torch.randn(2, 5), torch.randn(3, 4), algo="dense")
+
+
+def test_registry_lists_dense():
+    assert "dense" in registry.names("conv2d")
+    assert "dense" in registry.names("linear")
+    with pytest.raises(ValueError, match="registered"):
+        registry.get("conv2d", "missing")
