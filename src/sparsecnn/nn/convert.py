@@ -110,10 +110,11 @@ def sparsify_(model: nn.Module, *, format: str = "csr", filter_fn: Callable | No
             continue
         cls = SparseConv2d if isinstance(mod, nn.Conv2d) else SparseLinear
         algo = "auto" if _sparsity(mod.weight) >= min_sparsity else "dense"
-        new = cls.from_dense(mod, format=format, algo=algo, **(format_options or {}))
+        new = cls.from_dense(mod, format=format, algo=algo, **(format_options or {})).eval()
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, child, new)
     fuse_relu_(model, pairs)
+    model.eval()
     if tune:
         tune_(model, example_input, margin=margin, use_cache=use_cache)
     return model
