@@ -168,6 +168,8 @@ class FormatSuite:
         (np.ones((2, 3, 4), dtype=np.float32), ValueError, "2-D"),
         (np.ones((2, 0), dtype=np.float32), ValueError, "empty"),
         ([[1.0, 0.0]], TypeError, "torch.Tensor or numpy.ndarray"),
+        (torch.ones(2, 4, dtype=torch.bfloat16), TypeError, "bfloat16"),
+        (torch.ones(2, 4, dtype=torch.int64), TypeError, "int64"),
     ])
     def test_bad_dense_input(self, bad, exc, match):
         with pytest.raises(exc, match=match):
@@ -243,6 +245,10 @@ class FormatSuite:
         assert s.nbytes == self.expected_nbytes(matrix(w))
         # rebuilding from the object's own arrays passes validation and gives the same weight
         assert_exact(type(s)(**self.ctor_args(s)), w)
+        # conversions to every format the weight fits (N:M only if it is 2:4) are exact
+        for target in sorted(FORMATS):
+            if target != "nm" or check_nm(w):
+                assert_exact(convert(s, target), w)
 
     def ctor_args(self, s):  # pragma: no cover - abstract
         raise NotImplementedError
@@ -271,6 +277,8 @@ def _csr_cases(cls, ptr, idx, major_name):
         (mk([0, 1, 2], [0.0, 1.0], [1.0, 2.0], shape), f"{idx} must hold integers"),
         (mk([[0, 1, 2]], [0, 1], [1.0, 2.0], shape), f"{ptr} must be 1-D"),
         (mk([0, 1, 2], [0, 1], [1.0, 2.0], (2, 4, 1)), "shape must be 2-D"),
+        (mk([0, 1, 2], [0, 1], [1.0, 2.0], (2.0, 4)), "shape must hold ints"),
+        (mk([0, 1, 2], [0, 1], [1.0, 2.0], 8), "shape must be a tuple"),
     ]
 
 

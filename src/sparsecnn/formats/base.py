@@ -30,6 +30,8 @@ def as_numpy_weight(weight) -> np.ndarray:
         If ``weight`` is not 2-D (linear) or 4-D (convolution), or has a zero-sized dimension.
     """
     if isinstance(weight, torch.Tensor):
+        if weight.dtype not in (torch.float16, torch.float32, torch.float64):
+            raise TypeError(f"weight dtype must be one of float16/float32/float64, got {weight.dtype}")
         if weight.device.type != "cpu":
             weight = weight.cpu()
         arr = weight.detach().numpy()
@@ -77,8 +79,20 @@ def as_value_array(a, name: str = "values", ndim: int | None = 1) -> np.ndarray:
 
 
 def check_shape(shape) -> tuple[int, ...]:
-    """Validate a weight shape: 2-D or 4-D, all dimensions positive integers."""
-    shape = tuple(int(d) for d in shape)
+    """Validate a weight shape: 2-D or 4-D, all dimensions positive integers.
+
+    Raises
+    ------
+    ValueError
+        If ``shape`` is not a sequence of 2 or 4 positive integers.
+    """
+    try:
+        dims = tuple(shape)
+    except TypeError:
+        raise ValueError(f"shape must be a tuple of ints, got {shape!r}") from None
+    if not all(isinstance(d, (int, np.integer)) and not isinstance(d, bool) for d in dims):
+        raise ValueError(f"shape must hold ints, got {shape!r}")
+    shape = tuple(int(d) for d in dims)
     if len(shape) not in (2, 4) or any(d <= 0 for d in shape):
         raise ValueError(
             f"shape must be 2-D (out, in) or 4-D (K, C/groups, R, S) with positive sizes, got {shape}"
