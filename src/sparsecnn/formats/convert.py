@@ -10,9 +10,13 @@ and :func:`to_scipy` returns float32 data for a float16 weight.
 
 Examples
 --------
->>> w = to_sparse(weight, "csr")
->>> convert(w, "bsr", block_shape=(1, 4)).nbytes
+>>> import numpy as np
+>>> from sparsecnn.formats import convert, to_sparse
+>>> w = to_sparse(np.eye(8, dtype=np.float32), "csr")
+>>> convert(w, "bsr", block_shape=(1, 4)).nstored
+32
 >>> convert(w, "unified_csr").padding_overhead
+0.0
 """
 
 from __future__ import annotations
@@ -24,7 +28,6 @@ from .base import SparseWeight, check_shape
 from .bsr import BSRWeight, check_block_shape, DEFAULT_BLOCK_SHAPE
 from .csc import CSCWeight
 from .csr import CSRWeight
-from .nm import NMWeight
 from .unified import UnifiedCSRWeight
 
 
