@@ -245,12 +245,13 @@ def verify(sparse_model: nn.Module, dense_model: nn.Module, loader) -> dict:
     err = float((ys - yd).abs().max())
     scale = float(yd.abs().max())
     pd, ps = yd.argmax(1), ys.argmax(1)
-    agree = float((pd == ps).float().mean())
+    n = int(labels.numel())
+    agree = int((pd == ps).sum()) / n
     return {"max_abs_err": err, "scale": scale, "tolerance": VERIFY_TOL,
             "within_tolerance": err <= VERIFY_TOL * max(1.0, scale),
             "prediction_agreement": agree, "same_predictions": bool((pd == ps).all()),
-            "dense_top1": float((pd == labels).float().mean()),
-            "sparse_top1": float((ps == labels).float().mean()), "n": int(labels.numel())}
+            "dense_top1": int((pd == labels).sum()) / n,
+            "sparse_top1": int((ps == labels).sum()) / n, "n": n}
 
 
 def _batch(images: torch.Tensor, b: int) -> torch.Tensor:

@@ -53,10 +53,21 @@ def run(args) -> int:
 
     from ..pipeline import optimize, print_summary
     console = Console(stderr=True)
-    result = optimize(args.model, weights=args.weights, data=args.data, train_data=args.train_data,
-                      sparsity=args.sparsity, method=args.method, epochs=args.epochs,
-                      batch_sizes=args.batch_sizes, threads=args.threads, format=args.format,
-                      onnx=args.onnx, export_onnx=args.export_onnx, out_dir=args.out,
-                      tune=not args.no_tune, seed=args.seed, time_s=args.time_s, console=console)
+    try:
+        result = _optimize(args, optimize, console)
+    except (ValueError, TypeError, FileNotFoundError) as exc:
+        # one line for the user (some library messages span lines): same type, whitespace folded
+        msg = " ".join(str(exc).split())
+        base = FileNotFoundError if isinstance(exc, FileNotFoundError) else \
+            TypeError if isinstance(exc, TypeError) else ValueError
+        raise base(msg) from exc
     print_summary(result, Console())
     return 0
+
+
+def _optimize(args, optimize, console):
+    return optimize(args.model, weights=args.weights, data=args.data, train_data=args.train_data,
+                    sparsity=args.sparsity, method=args.method, epochs=args.epochs,
+                    batch_sizes=args.batch_sizes, threads=args.threads, format=args.format,
+                    onnx=args.onnx, export_onnx=args.export_onnx, out_dir=args.out,
+                    tune=not args.no_tune, seed=args.seed, time_s=args.time_s, console=console)

@@ -353,8 +353,8 @@ def _max_err(y: torch.Tensor, ref: torch.Tensor) -> tuple[float, bool]:
 
 def tune(op: str, run: Callable[[str], torch.Tensor], problem: dict, *,
          candidates: list[str] | None = None, cache: TuningCache | None = None,
-         use_cache: bool = True, margin: float = DEFAULT_MARGIN, warmup: int = 2,
-         min_repeats: int = 7, min_time_s: float = 0.02) -> TuneResult:
+         use_cache: bool = True, margin: float = DEFAULT_MARGIN, warmup: int = 5,
+         min_repeats: int = 10, min_time_s: float = 0.05) -> TuneResult:
     """Measure the candidate kernels of one layer and return (and cache) the fastest.
 
     Parameters
@@ -375,6 +375,9 @@ def tune(op: str, run: Callable[[str], torch.Tensor], problem: dict, *,
     margin : float
         Relative margin (default 0.05): a sparse kernel is chosen only if
         ``t_sparse <= (1 - margin) * t_dense``; otherwise dense (ties and close calls go to dense).
+    warmup, min_repeats, min_time_s
+        Untimed calls after the first; timed rounds at least ``min_repeats`` and ``min_time_s``
+        seconds in all (see :func:`benchmark`).
 
     Returns
     -------
