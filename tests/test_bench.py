@@ -135,7 +135,7 @@ def test_break_even_none_and_below_range():
     be, labels = bench.break_even(rows), bench.break_even_labels(rows)
     assert be == {("L", "slow", 1): None, ("L", "fast", 1): None, ("L", "wrong", 1): None}
     assert labels == {("L", "slow", 1): ">0.993", ("L", "fast", 1): "<0.5",
-                      ("L", "wrong", 1): "n/a"}
+                      ("L", "wrong", 1): "n/a (no valid rows)"}
 
 
 def test_break_even_per_layer_kernel_batch():

@@ -472,7 +472,7 @@ def _valid(row) -> bool:
 def _break_even_one(points) -> tuple[float | None, str]:
     """(sparsity, label) from sorted (sparsity, speedup) points; see :func:`break_even`."""
     if not points:
-        return None, "n/a"
+        return None, "n/a (no valid rows)"
     lo, hi = points[0][0], points[-1][0]
     slower = [i for i, (_, sp) in enumerate(points) if sp < 1.0]
     if not slower:
@@ -508,14 +508,16 @@ def break_even(rows) -> dict[tuple[str, str, int], float | None]:
     dict
         ``(layer, kernel, N) -> float`` or ``None`` when there is no crossing inside the measured
         range (faster everywhere, slower everywhere, or no valid rows);
-        :func:`break_even_labels` tells these apart (``"<0.5"``, ``">0.993"``, ``"n/a"``).
+        :func:`break_even_labels` tells these apart (``"<0.5"``, ``">0.993"``,
+        ``"n/a (no valid rows)"``).
     """
     return {k: _break_even_one(p)[0] for k, p in _speedup_points(rows).items()}
 
 
 def break_even_labels(rows) -> dict[tuple[str, str, int], str]:
     """As :func:`break_even`, as text: ``"0.874"``, ``"<0.5"`` (faster at every measured
-    sparsity), ``">0.993"`` (slower at every one) or ``"n/a"`` (no valid rows)."""
+    sparsity), ``">0.993"`` (slower at every one) or ``"n/a (no valid rows)"`` (every row mismatching,
+    failing or unsupported)."""
     return {k: _break_even_one(p)[1] for k, p in _speedup_points(rows).items()}
 
 

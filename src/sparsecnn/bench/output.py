@@ -215,6 +215,11 @@ def results_document(rows, meta: dict) -> dict:
     })
 
 
+_NICE_TICKS = tuple(m * 10.0 ** e for e in range(-3, 4) for m in (1, 2, 5))
+_FINE_TICKS = tuple(round(m * 10.0 ** e, 6) for e in range(-3, 4)
+                    for m in (1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6, 8))
+
+
 def plot_speedup(rows, path_stem, title: str | None = None) -> list[Path]:
     """Speedup over dense vs sparsity: one subplot per layer, one line per (kernel, batch).
 
@@ -228,7 +233,7 @@ def plot_speedup(rows, path_stem, title: str | None = None) -> list[Path]:
         The files written.
     """
     from matplotlib.figure import Figure
-    from matplotlib.ticker import FixedLocator, NullLocator
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, NullLocator
 
     layers = list(dict.fromkeys(r["layer"] for r in rows))
     kernels = [k for k in dict.fromkeys(r["kernel"] for r in rows) if k != DENSE]
@@ -236,7 +241,7 @@ def plot_speedup(rows, path_stem, title: str | None = None) -> list[Path]:
     sparsities = sorted({r["sparsity"] for r in rows})
     ncols = min(3, len(layers))
     nrows = math.ceil(len(layers) / ncols)
-    fig = Figure(figsize=(5.2 * ncols, 3.9 * nrows + 0.8), layout="constrained")
+    fig = Figure(figsize=(max(7.0, 5.2 * ncols), 3.9 * nrows + 1.2), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False)
     colors = [f"C{i}" for i in range(10)]
     styles = ["-", "--", ":", "-."]
@@ -270,6 +275,15 @@ def plot_speedup(rows, path_stem, title: str | None = None) -> list[Path]:
                     ax.axvline(s, color=c, ls=":", lw=0.9)
                     ax.plot([s], [1.0], marker="|", ms=14, mew=2, color=c)
         ax.set_yscale("log")
+        vals = [r["speedup"] for r in lrows if math.isfinite(r["speedup"]) and r["speedup"] > 0]
+        lo, hi = min(vals + [1.0]) / 1.25, max(vals + [1.0]) * 1.25
+        ax.set_ylim(lo, hi)
+        ticks = [t for t in _NICE_TICKS if lo <= t <= hi]
+        if len(ticks) < 3:
+            ticks = [t for t in _FINE_TICKS if lo <= t <= hi]
+        ax.yaxis.set_major_locator(FixedLocator(ticks))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}x"))
+        ax.yaxis.set_minor_formatter(NullFormatter())
         if use_logit:
             ax.set_xscale("logit")
             ax.set_xlim(sparsities[0] - (0.02 if sparsities[0] < 0.9 else 0.005),
@@ -287,8 +301,9 @@ def plot_speedup(rows, path_stem, title: str | None = None) -> list[Path]:
     fig.legend(list(handles.values()), list(handles), loc="outside lower center",
                ncols=min(4, len(handles)), fontsize=8)
     threads = rows[0]["threads"] if rows else "?"
-    fig.suptitle(title or f"sparsecnn bench: speedup over dense, {threads} threads, random "
-                 "unstructured magnitude-pruned weights (dotted: break-even)", fontsize=10)
+    fig.suptitle(title or f"sparsecnn bench: speedup over dense F.conv2d (median times), "
+                 f"{threads} threads\nrandom unstructured magnitude-pruned weights; "
+                 "dotted vertical: break-even sparsity", fontsize=10)
     stem = Path(path_stem)
     out = [stem.with_suffix(".png"), stem.with_suffix(".svg")]
     fig.savefig(out[0], dpi=130)
