@@ -60,6 +60,25 @@ def _git_commit() -> str | None:
         return None
 
 
+def other_runnable(samples: int = 5, interval_s: float = 0.05) -> int | None:
+    """Most processes runnable besides this one over a few samples of /proc/loadavg
+    (field 4, ``running/total``); None where unavailable. A non-zero value means something
+    else is using the CPUs while we time."""
+    import time
+
+    most = None
+    for i in range(samples):
+        try:
+            with open("/proc/loadavg", encoding="ascii") as f:
+                running = int(f.read().split()[3].split("/")[0])
+        except (OSError, ValueError, IndexError):
+            return None
+        most = max(most or 0, running - 1)
+        if i + 1 < samples:
+            time.sleep(interval_s)
+    return most
+
+
 def machine_info(threads: int) -> dict:
     """Where and with what a benchmark ran: CPU, cores, load, library versions, date."""
     import numba
@@ -76,6 +95,7 @@ def machine_info(threads: int) -> dict:
         "cpu_count": os.cpu_count(),
         "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        "other_runnable": other_runnable(),
         "threads": threads,
         "platform": platform.platform(),
         "python": platform.python_version(),
@@ -115,13 +135,11 @@ def render_tables(rows, meta: dict | None = None, console=None) -> None:
         console.print(f"[bold]sparsecnn bench[/]  {m.get('cpu_model', '?')}, "
                       f"{m.get('threads', '?')} threads, torch {m.get('torch', '?')} "
                       f"({m.get('onednn') or 'oneDNN ?'}), numba {m.get('numba', '?')}")
-        load = m.get("load_average_1min")
-        cpus = m.get("cpus_usable") or m.get("cpu_count") or 1
-        if load is not None:
-            busy = load > cpus * 0.75
-            console.print(("[bold yellow]" if busy else "") +
-                          f"load average at start: {load:.2f} on {cpus} CPUs" +
-                          (" (busy machine: timings are noisy)[/]" if busy else ""))
+        for when, n in (("start", m.get("other_runnable")),
+                        ("end", meta.get("run", {}).get("other_runnable_end"))):
+            if n:
+                console.print(f"[bold yellow]{n} other runnable process(es) at the {when} of the "
+                              "sweep: timings compete for the CPUs and are noisy[/]")
         console.print(f"weights: {WEIGHTS_DESCRIPTION}")
         console.print(f"dense: {DENSE_DESCRIPTION}; speedup = dense ms / kernel ms (medians); "
                       "GFLOP/s useful = 2 nnz OH OW N / t, dense-eq = 2 K C R S OH OW N / t; "

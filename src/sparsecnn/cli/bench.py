@@ -9,7 +9,9 @@ Run timing on a shared machine under ``flock /tmp/sparsecnn-cpu.lock``.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import time
 from pathlib import Path
 
 from .main import UsageError
@@ -84,7 +86,7 @@ def run(args) -> int:
     from rich.console import Console
 
     from ..bench import Benchmark, machine_info, render_tables, select_layers, write_results
-    from ..bench.output import default_out_dir
+    from ..bench.output import default_out_dir, other_runnable
 
     # piped output: wide rather than wrapped (rich assumes 80 columns off a terminal)
     console = Console(width=None if sys.stdout.isatty() else 160)
@@ -101,11 +103,15 @@ def run(args) -> int:
     if out.exists():
         raise UsageError(f"results folder {out} already exists; choose another --out")
     meta = {"benchmark": bench.declaration(), "machine": machine_info(bench.threads)}
+    t0 = time.perf_counter()
     rows = bench.run(progress=not args.no_progress)
+    meta["run"] = {"elapsed_s": round(time.perf_counter() - t0, 1),
+                   "load_average_1min_end": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+                   "other_runnable_end": other_runnable()}
     render_tables(rows, meta, console)
     path = write_results(rows, meta, out, plot=not args.no_plot)
     files = ", ".join(sorted(p.name for p in path.iterdir()))
-    console.print(f"results: {path}/ ({files})")
+    console.print(f"results: {path}/ ({files}); sweep took {meta['run']['elapsed_s']:.0f} s")
     bad = [r for r in rows if r["status"] != "ok" and r["status"] != "unsupported"]
     if bad:
         console.print(f"[bold red]{len(bad)} row(s) with a kernel output mismatch or error "
