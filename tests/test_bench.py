@@ -278,3 +278,14 @@ def test_cli_list(capsys):
     assert main(["bench", "--list"]) == 0
     out = capsys.readouterr().out
     assert all(name in out for name in ("alexnet-conv4", "vgg16-512x14x14x512", "dense"))
+
+
+def test_sweep_progress_bar(test_kernels):
+    import io
+
+    from rich.console import Console
+
+    buf = io.StringIO()
+    rows = bench.sweep([TINY], [0.5], [1], ["t_densify"], 1, progress=True,
+                       console=Console(file=buf, force_terminal=False), **FAST)
+    assert len(rows) == 2 and "tiny N=1 sparsity=0.5" in buf.getvalue()
