@@ -115,16 +115,20 @@ def _rows(speedups, kernel="k", layer="L", n=1, status="ok"):
 
 
 def test_break_even_interpolates_crossing():
-    # log-linear between (0.8, 0.5) and (0.9, 2.0): log 0.5 = -log 2 -> halfway -> 0.85
+    # straight line in (log density, log speedup) between (0.8, 0.5) and (0.9, 2.0):
+    # log 0.5 = -log 2, so 1x is halfway: density = sqrt(0.2 * 0.1)
     rows = _rows([(0.5, 0.2), (0.8, 0.5), (0.9, 2.0), (0.95, 4.0)])
     be = bench.break_even(rows)
-    assert be[("L", "k", 1)] == pytest.approx(0.85)
-    assert bench.break_even_labels(rows)[("L", "k", 1)] == "0.850"
+    assert be[("L", "k", 1)] == pytest.approx(1 - math.sqrt(0.2 * 0.1))
+    assert bench.break_even_labels(rows)[("L", "k", 1)] == "0.859"
+    # exactly 1x at a measured point: break-even is that point
+    assert bench.break_even(_rows([(0.5, 0.5), (0.9, 1.0), (0.95, 3.0)]))[("L", "k", 1)] == \
+        pytest.approx(0.9)
 
 
 def test_break_even_uses_last_crossing_when_noisy():
     rows = _rows([(0.5, 1.2), (0.7, 0.8), (0.9, 0.5), (0.95, 2.0)])
-    assert bench.break_even(rows)[("L", "k", 1)] == pytest.approx(0.925)
+    assert bench.break_even(rows)[("L", "k", 1)] == pytest.approx(1 - math.sqrt(0.1 * 0.05))
 
 
 def test_break_even_none_and_below_range():
@@ -141,7 +145,7 @@ def test_break_even_none_and_below_range():
 def test_break_even_per_layer_kernel_batch():
     rows = _rows([(0.5, 0.5), (0.9, 2.0)], n=1) + _rows([(0.5, 0.5), (0.9, 0.8)], n=8)
     be = bench.break_even(rows)
-    assert be[("L", "k", 1)] == pytest.approx(0.7) and be[("L", "k", 8)] is None
+    assert be[("L", "k", 1)] == pytest.approx(1 - math.sqrt(0.5 * 0.1)) and be[("L", "k", 8)] is None
 
 
 # --- timing end to end -------------------------------------------------------------------------

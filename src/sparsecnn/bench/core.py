@@ -480,9 +480,11 @@ def _break_even_one(points) -> tuple[float | None, str]:
     i = slower[-1]
     if i == len(points) - 1:
         return None, f">{hi:g}"
+    # straight line in (log density, log speedup): sparse time ~ nnz, so this is the natural axis
     (s0, v0), (s1, v1) = points[i], points[i + 1]
+    u0, u1 = math.log(1.0 - s0), math.log(1.0 - s1)
     l0, l1 = math.log(v0), math.log(v1)
-    s = s0 + (s1 - s0) * (0.0 - l0) / (l1 - l0)
+    s = 1.0 - math.exp(u0 + (u1 - u0) * (0.0 - l0) / (l1 - l0))
     return s, f"{s:.3f}"
 
 
@@ -499,8 +501,9 @@ def break_even(rows) -> dict[tuple[str, str, int], float | None]:
     """Break-even sparsity per (layer, kernel, batch): above it the kernel beats dense.
 
     It is the sparsity where the speedup last crosses 1 going up: after the highest measured
-    sparsity at which the kernel is slower than dense, interpolated linearly in log(speedup)
-    between that point and the next. Rows whose status is not ``"ok"`` (mismatch, error,
+    sparsity at which the kernel is slower than dense, interpolated between that point and the
+    next along a straight line in (log density, log speedup), density = 1 - sparsity (a sparse
+    kernel's time is roughly proportional to nnz; the plot uses the same axes). Rows whose status is not ``"ok"`` (mismatch, error,
     unsupported) are ignored.
 
     Returns

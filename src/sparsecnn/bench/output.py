@@ -233,6 +233,16 @@ def results_document(rows, meta: dict) -> dict:
     })
 
 
+def _neg_log_density(s):
+    import numpy as np
+    return -np.log10(np.clip(1.0 - np.asarray(s, dtype=float), 1e-12, None))
+
+
+def _sparsity_of(u):
+    import numpy as np
+    return 1.0 - 10.0 ** (-np.asarray(u, dtype=float))
+
+
 _NICE_TICKS = tuple(m * 10.0 ** e for e in range(-3, 4) for m in (1, 2, 5))
 _FINE_TICKS = tuple(round(m * 10.0 ** e, 6) for e in range(-3, 4)
                     for m in (1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6, 8))
@@ -241,7 +251,8 @@ _FINE_TICKS = tuple(round(m * 10.0 ** e, 6) for e in range(-3, 4)
 def plot_speedup(rows, path_stem, title: str | None = None) -> list[Path]:
     """Speedup over dense vs sparsity: one subplot per layer, one line per (kernel, batch).
 
-    Log y axis, logit x axis (so 0.9 / 0.99 / 0.999 are evenly spaced), the 1x line (dense),
+    Log y axis, x axis -log10(1 - sparsity) (so 0.9 / 0.99 / 0.999 are evenly spaced and
+    straight segments match :func:`~sparsecnn.bench.break_even`'s interpolation), the 1x line,
     break-even marked with a dotted vertical line and a marker on 1x, mismatching points marked
     with a red cross. Written as ``<path_stem>.png`` and ``<path_stem>.svg``.
 
@@ -265,7 +276,6 @@ def plot_speedup(rows, path_stem, title: str | None = None) -> list[Path]:
     styles = ["-", "--", ":", "-."]
     markers = ["o", "s", "^", "D"]
     be = break_even(rows)
-    use_logit = sparsities[0] > 0
     for ax in axes.flat[len(layers):]:
         ax.set_visible(False)
     for ax, layer in zip(axes.flat, layers):
@@ -302,10 +312,12 @@ def plot_speedup(rows, path_stem, title: str | None = None) -> list[Path]:
         ax.yaxis.set_major_locator(FixedLocator(ticks))
         ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}x"))
         ax.yaxis.set_minor_formatter(NullFormatter())
-        if use_logit:
-            ax.set_xscale("logit")
-            ax.set_xlim(sparsities[0] - (0.02 if sparsities[0] < 0.9 else 0.005),
-                        1 - (1 - sparsities[-1]) * 0.7)
+        # x: -log10(density), so 0.9 / 0.99 / 0.999 are evenly spaced and straight segments are
+        # the interpolation break_even uses
+        ax.set_xscale("function", functions=(_neg_log_density, _sparsity_of))
+        u0, u1 = _neg_log_density(sparsities[0]), _neg_log_density(sparsities[-1])
+        pad = 0.04 * max(u1 - u0, 0.5)
+        ax.set_xlim(_sparsity_of(u0 - pad), _sparsity_of(u1 + pad))
         ax.xaxis.set_major_locator(FixedLocator(sparsities))
         ax.xaxis.set_minor_locator(NullLocator())
         ax.set_xticklabels([f"{s:g}" for s in sparsities], rotation=45, fontsize=7)
