@@ -11,7 +11,7 @@ from .core import (DEFAULT_BATCHES, DEFAULT_MAX_TIME, DEFAULT_MIN_TIME, DEFAULT_
                    DEFAULT_THREADS, DENSE_DESCRIPTION, RTOL, WEIGHTS_DESCRIPTION, _as_spec,
                    _check_positive_int, _check_sparsity, check_threads, resolve_kernels, sweep,
                    weight_format)
-from .layers import DEFAULT_SUITE, SUITES, LayerSpec
+from .layers import DEFAULT_SUITE, SUITES
 
 
 @dataclass(frozen=True)
@@ -94,4 +94,4 @@ def _describe(name: str) -> str:
     return registry.get("conv2d", name).description
 
 
-__all__ = ["Benchmark", "LayerSpec"]
+__all__ = ["Benchmark"]

@@ -12,7 +12,7 @@ Method (every row of one sweep comes from one process):
 3. Warm-up: the first call is timed on its own (``first_call_ms``: JIT compilation the first time a
    kernel runs in the process, plus any per-weight preparation); its output is compared with the
    dense output (``max_abs_err``; rows beyond tolerance get status ``"MISMATCH"``). A second call
-   is untimed.
+   sizes the timing blocks.
 4. Steady state (:func:`measure`): blocks of calls timed with
    :meth:`torch.utils.benchmark.Timer.timeit`, interleaved round-robin between the providers so
    they share the same background load, until IQR/median < 5 % or ``max_time``; block times
@@ -28,7 +28,6 @@ import time
 import zlib
 from collections import defaultdict
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from numbers import Integral, Real
 
 import numba
@@ -220,7 +219,7 @@ def _robust_stats(per_call_s: list[float], number: int) -> dict:
 
 def measure(fns: dict, threads: int, min_time: float = DEFAULT_MIN_TIME,
             max_time: float = DEFAULT_MAX_TIME, *, min_blocks: int = 5,
-            threshold: float = 0.05) -> dict[str, dict]:
+            threshold: float = 0.05, estimates: dict | None = None) -> dict[str, dict]:
     """Steady-state time per call of each (already warmed-up) function, measured interleaved.
 
     Each function gets a :class:`torch.utils.benchmark.Timer` and a block size (calls per timed
@@ -238,6 +237,9 @@ def measure(fns: dict, threads: int, min_time: float = DEFAULT_MIN_TIME,
         Torch threads inside the timer (Numba's are set by the caller).
     min_time, max_time : float
         Seconds of timed calls per function.
+    estimates : dict str -> float, optional
+        Seconds per call already known (e.g. from a warm-up call), to size the blocks without
+        an extra call.
 
     Returns
     -------
@@ -248,7 +250,7 @@ def measure(fns: dict, threads: int, min_time: float = DEFAULT_MIN_TIME,
               for k, fn in fns.items()}
     number, times, total = {}, {k: [] for k in fns}, dict.fromkeys(fns, 0.0)
     for k, t in timers.items():
-        one = t.timeit(1).times[0]
+        one = (estimates or {}).get(k) or t.timeit(1).times[0]
         number[k] = max(1, int(min_time / 20 / max(one, 1e-9)))
     order = list(fns)
     rnd = 0
@@ -337,7 +339,7 @@ def time_layer(spec, sparsity: float, batch: int, kernels=None, threads: int = D
             "actual_sparsity": 1.0 - nnz / numel, "nnz": nnz, "threads": threads, "seed": seed,
             "bytes_dense": numel * w.element_size()}
 
-    rows, calls = [], {}
+    rows, calls, estimates = [], {}, {}
     sparse_weights = {}
     ref = None
     with _threads(threads), torch.inference_mode():
@@ -366,7 +368,9 @@ def time_layer(spec, sparsity: float, batch: int, kernels=None, threads: int = D
                 t0 = time.perf_counter()
                 y = call()
                 first_ms = (time.perf_counter() - t0) * 1e3
+                t0 = time.perf_counter()
                 call()
+                estimates[name] = time.perf_counter() - t0
             except Exception as exc:  # a broken kernel is reported in its row, not fatal
                 if name == DENSE:
                     raise
@@ -385,7 +389,7 @@ def time_layer(spec, sparsity: float, batch: int, kernels=None, threads: int = D
             row.update(first_call_ms=first_ms, max_abs_err=err, status=status)
             rows.append(row)
             calls[name] = call
-        stats = measure(calls, threads, min_time, max_time)
+        stats = measure(calls, threads, min_time, max_time, estimates=estimates)
     dense_ms = stats[DENSE]["ms"]
     for row in rows:
         st = stats.get(row["kernel"])
