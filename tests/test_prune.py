@@ -138,15 +138,27 @@ def test_nm_partial_group_and_errors():
             prune.nm_prune_(model, n, m)
 
 
-def test_nm_matches_formats_checker_if_available():
-    formats = pytest.importorskip("sparsecnn.formats")
-    checker = getattr(formats, "is_nm_sparse", None) or getattr(formats, "check_nm", None)
-    if checker is None:
-        pytest.skip("sparsecnn.formats has no N:M checker yet")
+def test_nm_matches_formats_checker():
+    from sparsecnn.formats import NMWeight, check_nm, first_violation
+
     model = _model()
     prune.nm_prune_(model, 2, 4)
     for _, module in models.conv_layers(model):
-        assert checker(module.weight.detach(), 2, 4)
+        w = module.weight.detach()
+        assert check_nm(w, 2, 4) and first_violation(w, 2, 4) is None
+        assert not check_nm(w, 1, 4)
+        nm = NMWeight.from_dense(w, n=2, m=4)
+        torch.testing.assert_close(nm.to_dense(), w)
+
+
+def test_unified_fits_unified_csr_without_padding():
+    from sparsecnn.formats import to_sparse
+
+    model = _model()
+    prune.unified_prune_(model, 0.9)
+    w = dict(models.conv_layers(model))["layer3.0.conv2"].weight.detach()
+    u = to_sparse(w, "unified_csr")
+    assert u.nstored == u.nnz == int((w != 0).sum())  # equal rows: no explicit zeros stored
 
 
 # ------------------------------------------------------------------ structured
