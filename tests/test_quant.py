@@ -141,6 +141,7 @@ def test_quantize_model_fake_quant(method, kw):
         assert torch.all(w[before[r["layer"]] == 0] == 0)
         assert r["nnz"] == int((before[r["layer"]] != 0).sum())
         assert r["nbytes"] < r["fp32_nbytes"]
+        assert r["nbytes"] == r["value_nbytes"] + r["meta_nbytes"] + r["index_nbytes"]
         if method == "kmeans":
             assert r["distinct_nonzeros"] <= 16
     assert (model(x) - ref).abs().max() < 0.2 * ref.abs().max()

@@ -151,6 +151,7 @@ def run_recipe(
     time_budget_s: float | None = None,
     progress: bool = True,
     model: nn.Module | None = None,
+    eval_each_epoch: bool = False,
 ) -> dict:
     """Run a gradual-pruning recipe: load, (distil +) prune + fine-tune, evaluate.
 
@@ -165,6 +166,8 @@ def run_recipe(
     progress : bool
     model : torch.nn.Module, optional
         Starting model (default :func:`build_start_model`).
+    eval_each_epoch : bool
+        Measure test top-1 after every epoch (``history[i]["eval_acc"]``).
 
     Returns
     -------
@@ -215,6 +218,7 @@ def run_recipe(
                    weight_decay=recipe.weight_decay, pruner=pruner, teacher=teacher,
                    kd_alpha=recipe.kd_alpha, kd_temperature=recipe.kd_temperature,
                    augment=augment, seed=recipe.seed, checkpoint=checkpoint,
+                   eval_loader=test_loader if eval_each_epoch else None,
                    time_budget_s=time_budget_s, progress=progress,
                    description=f"{recipe.model} -> {recipe.final_sparsity:.0%}")
     out = {"finished": result.finished, "model": model, "dense_top1": dense_top1,

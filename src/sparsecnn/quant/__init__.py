@@ -353,7 +353,8 @@ def quantize_model_(model: nn.Module, method: str, *, layers: Iterable[str] | No
     -------
     list of dict
         One row per layer: ``layer``, ``method``, ``shape``, ``nnz``, ``bits``, ``nbytes``
-        (quantized storage), ``fp32_nbytes`` (same storage, float32 values), ``ratio``
+        (quantized storage = ``value_nbytes`` + ``meta_nbytes`` + ``index_nbytes``),
+        ``fp32_nbytes`` (same storage, float32 values), ``ratio``
         (fp32_nbytes / nbytes), ``max_abs_error``, ``distinct_nonzeros``.
 
     Raises
@@ -375,7 +376,9 @@ def quantize_model_(model: nn.Module, method: str, *, layers: Iterable[str] | No
         nzvals = deq[deq != 0]
         rows.append({
             "layer": name, "method": method, "shape": tuple(w.shape), "nnz": qw.nnz,
-            "bits": qw.bits, "nbytes": qw.nbytes, "fp32_nbytes": qw.fp32_nbytes,
+            "bits": qw.bits, "nbytes": qw.nbytes, "value_nbytes": qw.value_nbytes,
+            "meta_nbytes": qw.meta_nbytes, "index_nbytes": qw.index_nbytes,
+            "fp32_nbytes": qw.fp32_nbytes,
             "ratio": qw.fp32_nbytes / max(qw.nbytes, 1),
             "max_abs_error": float((deq - w).abs().max()),
             "distinct_nonzeros": int(torch.unique(nzvals).numel()),
