@@ -2,8 +2,9 @@
 
 from .base import SparseWeight
 from .csr import CSRWeight
+from .direct import DirectConvCSR
 
-__all__ = ["SparseWeight", "CSRWeight", "FORMATS", "to_sparse"]
+__all__ = ["SparseWeight", "CSRWeight", "DirectConvCSR", "FORMATS", "to_sparse"]
 
 FORMATS: dict[str, type[SparseWeight]] = {"csr": CSRWeight}
 
