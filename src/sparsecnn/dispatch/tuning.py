@@ -2,8 +2,8 @@
 
 The approach follows spconv's / TorchSparse's ``tune_and_cache``: every candidate kernel (the
 registry's kernels for the weight's format, plus dense PyTorch) is run on the layer's real input
-(shape and batch), after a warm-up that absorbs JIT compilation; the timed calls are interleaved
-round-robin across candidates (so background load hits them alike), samples far above the running
+(shape and batch), after a warm-up that absorbs JIT compilation; the timed calls come in short
+alternating blocks per candidate (so background load hits them alike), samples far above the running
 mean are dropped as noise, and the median is kept. A candidate whose output does not match dense
 is rejected. The winner is kept only if it beats dense by a margin: **dense wins ties and close
 calls** (a sparse kernel must be at least ``margin`` = 5 % faster), so tuning never picks a
@@ -308,18 +308,24 @@ def _filtered_median(samples: list[float], factor: float) -> tuple[float, int, i
 
 
 def benchmark(fns: dict[str, Callable[[], object]], *, warmup: int = 2, min_repeats: int = 7,
-              max_repeats: int = 200, min_time_s: float = 0.02,
+              max_repeats: int = 200, min_time_s: float = 0.02, block: int = 5,
               outlier_factor: float = OUTLIER_FACTOR) -> dict[str, tuple[float, int, int, float]]:
-    """Time several zero-argument callables, interleaved round-robin.
+    """Time several zero-argument callables in alternating blocks.
 
     Each function is called once (its first call, JIT compilation included, timed apart), then
-    ``warmup`` more times untimed, then timed in rounds until every function has at least
-    ``min_repeats`` samples and the rounds took ``min_time_s`` (at most ``max_repeats`` rounds).
+    ``warmup`` more times untimed. Then rounds: in each round every function in turn makes one
+    untimed call (its thread pool wakes up again: PyTorch's OpenMP and Numba's pools would
+    otherwise steal cycles from each other when strictly interleaved) and ``block`` timed calls.
+    Rounds go on until every function has at least ``min_repeats`` samples and the rounds took
+    ``min_time_s`` seconds (at most ``max_repeats`` samples each). Alternating blocks spread slow
+    drifts (other processes, frequency) over all functions alike.
 
     Returns
     -------
     dict name -> (median_ms, kept, dropped, first_call_ms)
+        Median of the samples kept after dropping outliers (see :func:`_filtered_median`).
     """
+    block = max(1, int(block))
     first: dict[str, float] = {}
     for name, fn in fns.items():
         t0 = time.perf_counter()
@@ -329,13 +335,15 @@ def benchmark(fns: dict[str, Callable[[], object]], *, warmup: int = 2, min_repe
             fn()
     samples: dict[str, list[float]] = {name: [] for name in fns}
     start = time.perf_counter()
-    rounds = 0
-    while rounds < max_repeats and (rounds < min_repeats or time.perf_counter() - start < min_time_s):
+    n = 0
+    while n < max_repeats and (n < min_repeats or time.perf_counter() - start < min_time_s):
         for name, fn in fns.items():
-            t0 = time.perf_counter()
             fn()
-            samples[name].append((time.perf_counter() - t0) * 1e3)
-        rounds += 1
+            for _ in range(block):
+                t0 = time.perf_counter()
+                fn()
+                samples[name].append((time.perf_counter() - t0) * 1e3)
+        n += block
     out = {}
     for name, s in samples.items():
         med, kept, dropped = _filtered_median(s, outlier_factor)
