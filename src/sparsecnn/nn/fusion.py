@@ -167,11 +167,67 @@ def fuse_relu_(model: nn.Module, pairs: dict[str, str]) -> list[tuple[str, str]]
     return done
 
 
-def compact(model: nn.Module) -> fx.GraphModule:
+def _add_(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a + b`` written into ``a`` when shapes and dtypes match (``a`` is a fresh layer output
+    nobody else reads), else out of place."""
+    if a.shape == b.shape and a.dtype == b.dtype:
+        return a.add_(b)
+    return a + b
+
+
+def _add_relu_(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``relu(a + b)``, in place in ``a`` when shapes and dtypes match."""
+    if a.shape == b.shape and a.dtype == b.dtype:
+        return a.add_(b).relu_()
+    return torch.relu(a + b)
+
+
+torch.fx.wrap("_add_")
+torch.fx.wrap("_add_relu_")
+
+_LAYERS = (nn.Conv2d, nn.Linear, SparseConv2d, SparseLinear)
+
+
+def _inplace_residuals(graph: fx.Graph, modules: dict) -> int:
+    """Rewrite ``relu(layer_out + other)`` / ``layer_out + other`` into in-place ops where
+    ``layer_out`` is a layer's fresh output read only by the add. Returns the count."""
+    import operator
+    n = 0
+    for node in list(graph.nodes):
+        if node.op != "call_function" or node.target not in (operator.add, torch.add) \
+                or len(node.args) != 2 or node.kwargs:
+            continue
+        a, b = node.args
+        if not isinstance(a, fx.Node) or not isinstance(b, fx.Node):
+            continue
+        if not (a.op == "call_module" and isinstance(modules.get(a.target), _LAYERS)
+                and len(a.users) == 1):
+            a, b = b, a
+            if not (a.op == "call_module" and isinstance(modules.get(a.target), _LAYERS)
+                    and len(a.users) == 1):
+                continue
+        users = list(node.users)
+        relu = (users[0] if len(users) == 1 and users[0].op == "call_module"
+                and type(modules.get(users[0].target)) is nn.ReLU else None)
+        with graph.inserting_after(node):
+            new = graph.call_function(_add_relu_ if relu is not None else _add_, (a, b))
+        if relu is not None:
+            relu.replace_all_uses_with(new)
+            graph.erase_node(relu)
+        node.replace_all_uses_with(new)
+        graph.erase_node(node)
+        n += 1
+    return n
+
+
+def compact(model: nn.Module, *, inplace_residual: bool = True) -> fx.GraphModule:
     """An ``fx.GraphModule`` running ``model`` without its ``nn.Identity`` (folded BN, fused
     ReLU) and eval-mode ``nn.Dropout`` calls: the leanest forward for batch-1 latency.
 
-    The GraphModule shares the model's (sparse) submodules.
+    With ``inplace_residual``, a residual ``relu(layer(x) + shortcut)`` (or the add alone) is
+    computed in place in the layer's fresh output (no new allocation, one pass less), when the
+    layer's output has no other reader. The GraphModule shares the model's (sparse) submodules
+    and is meant for inference (in-place ops are not autograd-safe on leaf views).
 
     Raises
     ------
@@ -187,6 +243,8 @@ def compact(model: nn.Module) -> fx.GraphModule:
         if type(m) is nn.Identity or (isinstance(m, nn.Dropout) and not m.training):
             node.replace_all_uses_with(node.args[0])
             graph.erase_node(node)
+    if inplace_residual:
+        _inplace_residuals(graph, modules)
     gm = fx.GraphModule(model, graph, class_name=f"Compact{type(model).__name__}")
     gm.graph.eliminate_dead_code()
     gm.recompile()
