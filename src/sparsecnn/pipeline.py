@@ -449,7 +449,9 @@ def optimize(model: str = "smallcnn", *, weights=None, data=None, train_data=Non
         "notes": ["dense = the pruned model as trained (eval mode, BatchNorm not folded); "
                   "dense_bn_folded = same with BatchNorm folded; sparse = BN folded, ReLU fused, "
                   "per-layer kernels, fx-compacted",
-                  "per-layer times are the tuner's medians on each layer's real input",
+                  "per-layer times are the tuner's medians on each layer's real input "
+                  "('(cached)': measured by an earlier run with the same key, see "
+                  "sparsecnn.dispatch.problem_key)",
                   f"verification tolerance: max|err| <= {VERIFY_TOL} x max(1, max|y_dense|)"],
     }
     result["seconds"] = time.perf_counter() - t_start
@@ -494,7 +496,8 @@ def layer_rows(result: dict, batch) -> list[list[str]]:
     chosen ms, speedup."""
     rows = []
     for r in result["layers"][str(batch)]:
-        rows.append([r["name"], "x".join(map(str, r["shape"])), f"{r['sparsity']:.1%}",
+        name = r["name"] + (" (cached)" if r.get("cached") else "")
+        rows.append([name, "x".join(map(str, r["shape"])), f"{r['sparsity']:.1%}",
                      r["kernel"] + (" +relu" if r["relu"] else ""), _fmt(r["dense_ms"]),
                      _fmt(r["chosen_ms"]), _fmt(r["speedup"], ".2f") + "x" if r["speedup"] else "-"])
     return rows
