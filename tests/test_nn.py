@@ -12,7 +12,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import sparsecnn
 from _sparsify_fakes import registered
 from sparsecnn import nn as snn
 from sparsecnn import to_sparse
@@ -242,13 +241,10 @@ def test_shared_relu_is_not_fused(ref_kernel):
 
 
 def _resnet20():
-    build = getattr(sparsecnn.models, "build", None) if hasattr(sparsecnn, "models") else None
-    if build is None:
-        import sparsecnn.models as models
-        build = getattr(models, "build", None)
-    if build is None:
+    from sparsecnn import models
+    if not hasattr(models, "build"):
         pytest.skip("sparsecnn.models.build not available yet")
-    return build("resnet20")
+    return models.build("resnet20")
 
 
 def test_fusion_and_sparsify_resnet20_random_weights(ref_kernel):
@@ -266,6 +262,29 @@ def test_fusion_and_sparsify_resnet20_random_weights(ref_kernel):
     assert sum(m.relu for m in convs) >= 9  # the first conv + conv1 of every block
     torch.testing.assert_close(model(x), ref, **TOL)
     torch.testing.assert_close(snn.compact(model)(x), ref, **TOL)
+
+
+def test_compact_inplace_residual_only_when_safe(ref_kernel):
+    class Res(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(4, 4, 3, padding=1)
+            self.b = nn.Conv2d(4, 4, 3, padding=1)
+            self.relu = nn.ReLU()
+
+        def forward(self, x):
+            y = self.a(x)
+            z = self.b(x)
+            return self.relu(y + x) * 2 + (z + x) * z  # z is read twice: no in-place on z
+
+    model = _prune(Res(), sparsity=0.5).eval()
+    x = torch.randn(2, 4, 5, 5)
+    ref = model(x)
+    snn.sparsify_(model, tune=False, min_sparsity=0.0)
+    c = snn.compact(model)
+    assert c.code.count("_add_relu_(") == 1 and "_add_(" not in c.code
+    torch.testing.assert_close(c(x), ref, **TOL)
+    torch.testing.assert_close(c(x), ref, **TOL)  # and again: nothing was overwritten
 
 
 # ---------------------------------------------------------------------------------------------
