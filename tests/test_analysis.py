@@ -189,12 +189,12 @@ def test_measure_hybrid_matches_full_conv():
 # -- threshold sweep -------------------------------------------------------------------------
 def test_threshold_sweep_density_follows_target():
     w = np.arange(1, 101, dtype=np.float32).reshape(4, 25, 1, 1)   # |w| = 1..100, distinct
-    rows = A.threshold_sweep({"l": w}, sparsities=(0.0, 0.5, 0.9))
+    rows = A.threshold_sweep({"l": w}, fractions=(0.0, 0.5, 0.9))
     assert [r["density"] for r in rows] == pytest.approx([1.0, 0.5, 0.1])
     assert rows[1]["threshold"] == 50.0 and rows[2]["threshold"] == 90.0
     assert rows[0]["accuracy"] is None
-    with pytest.raises(ValueError, match="sparsities"):
-        A.threshold_sweep({"l": w}, sparsities=(1.0,))
+    with pytest.raises(ValueError, match="fractions"):
+        A.threshold_sweep({"l": w}, fractions=(1.0,))
 
 
 def test_threshold_sweep_accuracy_with_model():
@@ -204,7 +204,7 @@ def test_threshold_sweep_accuracy_with_model():
     labels = model(x).argmax(1).detach()           # the unpruned model is 100 % right
     ev = A.accuracy_evaluator(model, x, labels)
     before = model[0].weight.detach().clone()
-    rows = A.threshold_sweep({"0": model[0].weight}, sparsities=(0.0, 0.99), evaluate=ev)
+    rows = A.threshold_sweep({"0": model[0].weight}, fractions=(0.0, 0.99), evaluate=ev)
     assert rows[0]["accuracy"] == 1.0
     assert 0.0 <= rows[1]["accuracy"] <= 1.0
     torch.testing.assert_close(model[0].weight.detach(), before)   # restored
@@ -255,3 +255,12 @@ def test_capture_activation_counts_hooks():
     assert acts["2"]["input_zero_share"] == pytest.approx(float((h == 0).float().mean()), abs=1e-6)
     with pytest.raises(ValueError, match="Conv2d layers"):
         A.capture_activation_counts(model, x, ["1"])
+
+
+def test_threshold_sweep_on_pruned_weights_spreads_over_nonzeros():
+    w = np.arange(1, 101, dtype=np.float32).reshape(4, 25, 1, 1)
+    w[w <= 50] = 0                                   # already 50 % sparse
+    rows = A.threshold_sweep({"l": w}, fractions=(0.0, 0.5))
+    assert [r["density"] for r in rows] == pytest.approx([0.5, 0.25])
+    with pytest.raises(ValueError, match="zero"):
+        A.threshold_sweep({"l": np.zeros((2, 2, 1, 1), np.float32)})

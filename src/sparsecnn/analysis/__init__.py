@@ -12,11 +12,13 @@ Rendering lives in :mod:`sparsecnn.report` (Distiller's split of compute and ren
 - :func:`break_even_curves`: speedup vs sparsity per kernel (from :mod:`sparsecnn.bench`; slow).
 - :func:`capture_activation_counts`, :func:`ineffectual_work`: MACs skipped by weight zeros,
   activation zeros and both.
+- :func:`analyse_model`: all of the above over a model's conv layers (what `sparsecnn report` shows).
 """
 
 from .balance import load_balance, naive_boundaries
 from .blocks import dense_blocks, hybrid_estimate, measure_hybrid, measure_rates, split_weight
 from .breakeven import break_even_curves
+from .model import analyse_model, conv_modules, resolve_layers
 from .ineffectual import activation_nonzero_counts, capture_activation_counts, ineffectual_work
 from .sparsity import density_profile, format_bytes, layer_sparsity, model_sparsity
 from .sweep import accuracy_evaluator, threshold_sweep
@@ -26,4 +28,5 @@ __all__ = [
     "naive_boundaries", "dense_blocks", "split_weight", "measure_rates", "hybrid_estimate",
     "measure_hybrid", "threshold_sweep", "accuracy_evaluator", "break_even_curves",
     "activation_nonzero_counts", "capture_activation_counts", "ineffectual_work",
+    "analyse_model", "conv_modules", "resolve_layers",
 ]

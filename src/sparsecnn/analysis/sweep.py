@@ -2,8 +2,8 @@
 
 Magnitude pruning (Han et al. 2015, "Learning both weights and connections") keeps the weights
 with ``|w| > t``. One global threshold ``t`` is swept over the layers in scope; the thresholds are
-the quantiles of all ``|w|`` at the requested target sparsities, so the points spread over the
-density range whatever the weights' scale.
+the quantiles of the nonzero ``|w|`` at the requested fractions, so the points spread over the
+density range whatever the weights' scale, for unpruned and already pruned weights alike.
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ import torch
 
 from ._common import conv_weight
 
-DEFAULT_SPARSITIES = (0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995)
+DEFAULT_FRACTIONS = (0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995)
 
 
-def threshold_sweep(weights: dict, sparsities=DEFAULT_SPARSITIES, *,
+def threshold_sweep(weights: dict, fractions=DEFAULT_FRACTIONS, *,
                     evaluate: Callable[[dict], float] | None = None, progress=None) -> list[dict]:
     """Density of each layer (and optionally accuracy) for a sweep of magnitude thresholds.
 
@@ -26,8 +26,9 @@ def threshold_sweep(weights: dict, sparsities=DEFAULT_SPARSITIES, *,
     ----------
     weights : dict of str -> weight (K, C/groups, R, S)
         The (unpruned or already pruned) weights in scope.
-    sparsities : sequence of float in [0, 1)
-        Target overall sparsities; the threshold of each is the matching quantile of all |w|.
+    fractions : sequence of float in [0, 1)
+        Shares of the currently nonzero weights to prune; the threshold of each is the matching
+        quantile of the nonzero |w| (for unpruned weights, the fraction is the target sparsity).
     evaluate : callable or None
         ``evaluate(masked: dict name -> float32 ndarray) -> accuracy in [0, 1]``: called once per
         threshold with the weights pruned at it (the caller loads them into a model copy).
@@ -38,35 +39,38 @@ def threshold_sweep(weights: dict, sparsities=DEFAULT_SPARSITIES, *,
     -------
     list of dict
         Per threshold, in increasing order: ``threshold`` (same units as the weights),
-        ``target_sparsity``, ``density`` (overall kept share), ``layers`` (name -> density) and
+        ``fraction``, ``density`` (overall kept share of all weights), ``layers`` (name ->
+        density) and
         ``accuracy`` (float, or None without ``evaluate``).
 
     Raises
     ------
     ValueError
-        If ``weights`` is empty or a sparsity is outside [0, 1).
+        If ``weights`` is empty, holds no nonzero, or a fraction is outside [0, 1).
     """
     if not weights:
         raise ValueError("no weights to sweep (the model has no Conv2d layer)")
-    sp = [float(s) for s in sparsities]
+    sp = [float(s) for s in fractions]
     bad = [s for s in sp if not 0.0 <= s < 1.0]
     if bad:
-        raise ValueError(f"sparsities must lie in [0, 1), got {bad}")
+        raise ValueError(f"fractions must lie in [0, 1), got {bad}")
     arrs = {n: conv_weight(w, n) for n, w in weights.items()}
-    mags = np.concatenate([np.abs(a).ravel() for a in arrs.values()])
-    total = mags.size
+    total = sum(a.size for a in arrs.values())
+    mags = np.concatenate([np.abs(a[a != 0]) for a in arrs.values()])
+    if mags.size == 0:
+        raise ValueError("every weight in scope is zero: nothing to sweep")
     mags.sort()
     rows = []
     for s in sorted(sp):
-        # prune the floor(s * total) smallest magnitudes: t is the largest of them, keep |w| > t
-        m = int(np.floor(s * total))
+        # prune the floor(s * nnz) smallest nonzero magnitudes: t is the largest, keep |w| > t
+        m = int(np.floor(s * mags.size))
         t = float(mags[m - 1]) if m > 0 else 0.0
         layers = {n: float(np.count_nonzero(np.abs(a) > t) / a.size) for n, a in arrs.items()}
         kept = sum(layers[n] * arrs[n].size for n in arrs)
         acc = None
         if evaluate is not None:
             acc = float(evaluate({n: np.where(np.abs(a) > t, a, np.float32(0)) for n, a in arrs.items()}))
-        rows.append({"threshold": t, "target_sparsity": s, "density": kept / total,
+        rows.append({"threshold": t, "fraction": s, "density": kept / total,
                      "layers": layers, "accuracy": acc})
         if progress is not None:
             progress()
