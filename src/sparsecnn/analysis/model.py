@@ -218,17 +218,7 @@ def analyse_model(model: torch.nn.Module, layers=None, *, inputs: torch.Tensor |
         out["break_even"] = {}
         with step("break-even benchmark (slow)", len(detail_layers) * len(bench_sparsities)) as adv:
             for n in detail_layers:
-                g = out["geometry"][n]
-                if g["input_shape"] is None:
-                    out["break_even"][n] = {"available": False, "reason": "layer input shape unknown",
-                                            "rows": [], "break_even": {}}
-                    continue
-                w = weights[n]
-                spec = {"name": n, "N": 1, "C": g["input_shape"][1], "H": g["input_shape"][2],
-                        "W": g["input_shape"][3], "K": w.shape[0], "R": w.shape[2], "S": w.shape[3],
-                        "stride": g["stride"], "padding": g["padding"], "dilation": g["dilation"],
-                        "groups": g["groups"]}
-                out["break_even"][n] = break_even_curves(spec, bench_sparsities, batch=1,
-                                                         kernels=bench_kernels, threads=threads,
-                                                         progress=adv)
+                out["break_even"][n] = break_even_curves(
+                    n, out["geometry"][n], weights[n].shape, bench_sparsities, batch=1,
+                    kernels=bench_kernels, threads=threads, progress=adv)
     return out

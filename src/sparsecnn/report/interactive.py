@@ -6,6 +6,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from ..analysis.breakeven import speedup_series
 from ._common import filter_values_text, short
 
 def grid_colors(rs: int) -> list:
@@ -278,7 +279,7 @@ def break_even(d: dict) -> go.Figure | None:
     for n, res in be.items():
         if not res.get("available") or not res["rows"]:
             continue
-        for kern, pts in _speedup_series(res["rows"]).items():
+        for kern, pts in speedup_series(res["rows"]).items():
             any_rows = True
             fig.add_scatter(x=[100 * s for s, _ in pts], y=[v for _, v in pts], mode="lines+markers",
                             name=f"{short(n)}: {kern}",
@@ -288,16 +289,6 @@ def break_even(d: dict) -> go.Figure | None:
     fig.add_hline(y=1.0, line_dash="dot", annotation_text="dense")
     fig.update_yaxes(type="log")
     return fig
-
-
-def _speedup_series(rows: list[dict]) -> dict:
-    """kernel -> [(sparsity, speedup over dense)] from benchmark rows."""
-    out: dict = {}
-    for r in rows:
-        if r.get("kernel") == "dense" or r.get("speedup") is None:
-            continue
-        out.setdefault(r["kernel"], []).append((r["sparsity"], r["speedup"]))
-    return {k: sorted(v) for k, v in out.items()}
 
 
 RENDERERS = {

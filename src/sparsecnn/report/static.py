@@ -283,7 +283,7 @@ def threshold_sweep(d):
 
 
 def break_even(d):
-    from .interactive import _speedup_series
+    from ..analysis.breakeven import speedup_series
 
     be = d.get("break_even")
     if not be:
@@ -293,7 +293,7 @@ def break_even(d):
     for n, res in be.items():
         if not res.get("available"):
             continue
-        for kern, pts in _speedup_series(res["rows"]).items():
+        for kern, pts in speedup_series(res["rows"]).items():
             ax.plot([100 * s for s, _ in pts], [v for _, v in pts], "o-", label=f"{short(n)}: {kern}")
             drawn = True
     if not drawn:
