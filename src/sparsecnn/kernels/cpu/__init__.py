@@ -1,3 +1,5 @@
 """Numba CPU kernels; importing this package registers them."""
 
+from . import im2col_spmm, linear  # noqa: F401  (register "im2col_spmm", "spmv", "spmm")
+
 __all__: list[str] = []

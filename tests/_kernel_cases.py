@@ -1,0 +1,53 @@
+"""Shared helpers of the registry-driven kernel correctness suites (conv2d and linear)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import sparsecnn
+from sparsecnn.formats import FORMATS
+from sparsecnn.kernels import registry
+
+SPARSITIES = (0.0, 0.5, 0.9, 0.99, 0.999)
+
+
+def kernel_formats(op: str) -> list:
+    """``pytest.param(kernel_name, format_name)`` for every registered kernel of ``op`` and every
+    format it accepts that exists (``"dense"`` or a key of :data:`sparsecnn.formats.FORMATS`)."""
+    out = []
+    for name in registry.names(op):
+        for fmt in registry.get(op, name).formats:
+            if fmt == "dense" or fmt in FORMATS:
+                out.append(pytest.param(name, fmt, id=f"{name}-{fmt}"))
+    return out
+
+
+def sparse_weight(shape, sparsity: float, gen: torch.Generator) -> torch.Tensor:
+    """A float32 weight of ``shape`` with exactly ``round(numel * (1 - sparsity))`` nonzeros at
+    random positions (at least one when ``sparsity < 1``, so that tiny layers are not all zero)."""
+    w = torch.randn(shape, generator=gen)
+    numel = w.numel()
+    nnz = round(numel * (1.0 - sparsity))
+    if sparsity < 1.0:
+        nnz = max(nnz, 1)
+    keep = torch.randperm(numel, generator=gen)[:nnz]
+    mask = torch.zeros(numel, dtype=torch.bool)
+    mask[keep] = True
+    return (w.flatten() * mask).reshape(shape)
+
+
+def build_weight(w: torch.Tensor, fmt: str):
+    """``(weight to pass, dense reference weight)``: the reference is the format's own dense view,
+    so that lossy formats (e.g. N:M keeping the largest values) are compared with what they store."""
+    if fmt == "dense":
+        return w, w
+    sw = sparsecnn.to_sparse(w, fmt)
+    assert tuple(sw.shape) == tuple(w.shape)
+    return sw, sw.to_dense().to(torch.float32)
+
+
+def tolerances(fan_in: int) -> dict:
+    """fp32 tolerances for a sum of ``fan_in`` products of N(0, 1) values: rtol 1e-5 and
+    atol 1e-6 * fan_in (about 8 ulp of float32 per accumulated term, worst-case growth)."""
+    return {"rtol": 1e-5, "atol": 1e-6 * max(1, fan_in)}
