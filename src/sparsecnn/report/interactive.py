@@ -42,7 +42,8 @@ def sparsity_summary(d: dict) -> go.Figure:
 
 def filter_grid(d: dict) -> go.Figure:
     layers = d["layers"]
-    fig = _fig(height=680, title=f"Filter grid of {layers[0]}")
+    first = layers.index(d["detail_layers"][0]) if d["detail_layers"][0] in layers else 0
+    fig = _fig(height=680)
     buttons = []
     for i, n in enumerate(layers):
         w = d["weights"][n]
@@ -52,7 +53,7 @@ def filter_grid(d: dict) -> go.Figure:
         hover = ("output channel k=%{y}<br>input channel c=%{x}<br>nnz=%{z} of " + str(r * s))
         if text is not None:
             hover += "<br>values (R x S):<br>%{text}"
-        fig.add_heatmap(z=fnnz, zmin=0, zmax=r * s, colorscale=grid_colors(r * s), visible=(i == 0),
+        fig.add_heatmap(z=fnnz, zmin=0, zmax=r * s, colorscale=grid_colors(r * s), visible=(i == first),
                         text=text, hovertemplate=hover + f"<extra>{n}</extra>", name=n,
                         colorbar=dict(title=dict(text=f"nnz per<br>{r}x{s} filter")), xgap=0, ygap=0)
         dens = d["profiles"][n]["global_density"]
@@ -61,14 +62,14 @@ def filter_grid(d: dict) -> go.Figure:
         buttons.append(dict(label=n, method="update",
                             args=[{"visible": [j == i for j in range(len(layers))]},
                                   {"title.text": title}]))
-        if i == 0:
+        if i == first:
             fig.update_layout(title=dict(text=title))
     fig.update_xaxes(title="input channel c", showgrid=False, constrain="domain")
     fig.update_yaxes(title="output channel k", autorange="reversed", showgrid=False,
                      scaleanchor="x", constrain="domain")
     if len(layers) > 1:
         fig.update_layout(updatemenus=[dict(buttons=buttons, direction="down", x=1.0, y=1.12,
-                                            xanchor="right", showactive=True)])
+                                            xanchor="right", showactive=True, active=first)])
     return fig
 
 
@@ -82,7 +83,7 @@ def local_density(d: dict) -> go.Figure:
                height=400)
     fig.add_bar(x=list(range(rs + 1)), y=p["filter_nnz_hist"], name="filters",
                 hovertemplate="%{y} filters hold %{x} nonzeros<extra></extra>")
-    fig.update_yaxes(type="log")
+    fig.update_yaxes(type="log", range=[-0.1, np.log10(max(1, p["filter_nnz_hist"].max())) + 0.3])
     return fig
 
 
@@ -230,8 +231,9 @@ def ineffectual(d: dict) -> go.Figure | None:
              ("activation zero only", lambda e: e["macs_act_zero"] - e["macs_both_zero"], "#ff7f0e"),
              ("both zero", lambda e: e["macs_both_zero"], "#7f7f7f"))
     fig = _fig(title=f"{ineffectual_totals(L)}<br><sup>activations: {ie['input_source']}</sup>",
-               barmode="stack", xaxis_title="layer", yaxis_title="share of dense MACs (%)", height=440,
-               legend=dict(orientation="h", y=1.08))
+               barmode="stack", xaxis_title="layer", yaxis_title="share of dense MACs (%)", height=480,
+               legend=dict(orientation="h", y=-0.25, yanchor="top", traceorder="normal"))
+    fig.update_layout(margin=dict(b=150, t=80))
     for label, f, color in parts:
         fig.add_bar(x=[short(n) for n in names], y=[100 * f(L[n]) / L[n]["macs_total"] for n in names],
                     name=label, marker_color=color, customdata=names,
@@ -246,8 +248,9 @@ def threshold_sweep(d: dict) -> go.Figure:
     th = [r["threshold"] for r in rows]
     has_acc = rows[0]["accuracy"] is not None
     fig = make_subplots(specs=[[{"secondary_y": has_acc}]])
-    fig.update_layout(**LAYOUT, height=440, legend=dict(orientation="h", y=1.12),
+    fig.update_layout(**LAYOUT, height=480, legend=dict(orientation="h", y=-0.18, yanchor="top"),
                       title="Density vs global magnitude threshold (keep |w| > t)")
+    fig.update_layout(margin=dict(b=140))
     fig.add_scatter(x=th, y=[100 * r["density"] for r in rows], name="all layers in scope",
                     mode="lines+markers", line=dict(width=3),
                     customdata=[100 * r["fraction"] for r in rows],
@@ -261,9 +264,11 @@ def threshold_sweep(d: dict) -> go.Figure:
                         name=f"top-1 accuracy ({sw['accuracy_images']} images)", secondary_y=True,
                         line=dict(color="black", dash="dash"),
                         hovertemplate="t=%{x:.3g}: accuracy %{y:.1f} %<extra></extra>")
-        fig.update_yaxes(title_text="top-1 accuracy (%)", secondary_y=True, range=[0, 100])
-    fig.add_hline(y=100 * sw["current_density"], line_dash="dot",
-                  annotation_text=f"this report's weights: {100 * sw['current_density']:.2f} %")
+        fig.update_yaxes(title_text="top-1 accuracy (%)", secondary_y=True, range=[0, 100],
+                         tickmode="linear", tick0=0, dtick=20, showgrid=False)
+    fig.add_scatter(x=[min(th), max(th)], y=[100 * sw["current_density"]] * 2, mode="lines",
+                    line=dict(color="gray", dash="dot"), hoverinfo="skip",
+                    name=f"this report's weights: {100 * sw['current_density']:.2f} %")
     fig.update_xaxes(title_text="magnitude threshold t (weight units)")
     fig.update_yaxes(title_text="density (% of weights kept, log)", type="log", secondary_y=False)
     return fig
@@ -281,12 +286,15 @@ def break_even(d: dict) -> go.Figure | None:
             continue
         for kern, pts in speedup_series(res["rows"]).items():
             any_rows = True
+            lab = res.get("break_even_label", {}).get(kern, "n/a")
             fig.add_scatter(x=[100 * s for s, _ in pts], y=[v for _, v in pts], mode="lines+markers",
-                            name=f"{short(n)}: {kern}",
+                            name=f"{short(n)}: {kern} (break-even {lab})",
                             hovertemplate="%{x:.1f} %: %{y:.2f}x<extra>" + kern + "</extra>")
     if not any_rows:
         return None
-    fig.add_hline(y=1.0, line_dash="dot", annotation_text="dense")
+    xs = [100 * r["sparsity"] for res in be.values() for r in res.get("rows", [])]
+    fig.add_scatter(x=[min(xs), max(xs)], y=[1.0, 1.0], mode="lines", name="dense (1x)",
+                    line=dict(color="black", dash="dot"), hoverinfo="skip")
     fig.update_yaxes(type="log")
     return fig
 

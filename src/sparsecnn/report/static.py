@@ -17,8 +17,8 @@ from matplotlib.patches import Rectangle  # noqa: E402
 
 from ._common import short  # noqa: E402
 
-GRID_CMAP = LinearSegmentedColormap.from_list("nnz", ["#41b6c4", "#225ea8", "#081d58"])
-GRID_CMAP.set_under("#ffffff")
+GRID_CMAP = LinearSegmentedColormap.from_list(
+    "nnz", ["#41b6c4", "#225ea8", "#081d58"]).with_extremes(under="#ffffff")
 MAX_PANELS = 64
 
 

@@ -143,7 +143,7 @@ window.addEventListener('load', function () {
   setTimeout(function () {
     var figs = Array.prototype.slice.call(document.querySelectorAll('.figure .plotly-graph-div'));
     var rects = figs.map(function (f) { var r = f.getBoundingClientRect();
-      return {id: f.id, name: f.parentNode.getAttribute('data-figure'),
+      return {id: f.id, name: f.closest('.figure').getAttribute('data-figure'),
               x: r.left + window.scrollX, y: r.top + window.scrollY, w: r.width, h: r.height,
               rendered: !!(f._fullLayout && f.querySelector('.main-svg'))}; });
     document.body.setAttribute('data-report-status', JSON.stringify({
