@@ -232,8 +232,8 @@ def ineffectual(d: dict) -> go.Figure | None:
              ("both zero", lambda e: e["macs_both_zero"], "#7f7f7f"))
     fig = _fig(title=f"{ineffectual_totals(L)}<br><sup>activations: {ie['input_source']}</sup>",
                barmode="stack", xaxis_title="layer", yaxis_title="share of dense MACs (%)", height=480,
-               legend=dict(orientation="h", y=-0.25, yanchor="top", traceorder="normal"))
-    fig.update_layout(margin=dict(b=150, t=80))
+               legend=dict(x=1.02, y=1.0, traceorder="reversed"))
+    fig.update_layout(margin=dict(t=80))
     for label, f, color in parts:
         fig.add_bar(x=[short(n) for n in names], y=[100 * f(L[n]) / L[n]["macs_total"] for n in names],
                     name=label, marker_color=color, customdata=names,
