@@ -192,7 +192,41 @@ def cifar10_subsets(data_dir=None) -> tuple[TensorDataset, TensorDataset]:
             load_npz(folder / "cifar10_test_subset.npz"))
 
 
+def random_crop_flip(x: torch.Tensor, generator: torch.Generator | None = None,
+                     padding: int = 4) -> torch.Tensor:
+    """Standard CIFAR augmentation on a batch: zero-pad by ``padding``, random crop back to the
+    input size, random horizontal flip (each with probability 1/2), per image.
+
+    Parameters
+    ----------
+    x : torch.Tensor, float (N, C, H, W)
+    generator : torch.Generator, optional
+        Source of randomness (for reproducible training).
+    padding : int
+        Pixels of zero padding on each side (>= 0).
+
+    Returns
+    -------
+    torch.Tensor of the same shape (a new tensor).
+    """
+    if x.dim() != 4:
+        raise ValueError(f"x must be (N, C, H, W), got shape {tuple(x.shape)}")
+    if padding < 0:
+        raise ValueError(f"padding must be >= 0, got {padding}")
+    n, _, h, w = x.shape
+    padded = torch.nn.functional.pad(x, (padding, padding, padding, padding))
+    offs = torch.randint(0, 2 * padding + 1, (n, 2), generator=generator)
+    flips = torch.rand(n, generator=generator) < 0.5
+    out = torch.empty_like(x)
+    for i in range(n):
+        dy, dx = int(offs[i, 0]), int(offs[i, 1])
+        crop = padded[i, :, dy:dy + h, dx:dx + w]
+        out[i] = crop.flip(-1) if flips[i] else crop
+    return out
+
+
 __all__ = [
+    "random_crop_flip",
     "shared_data_dir",
     "load_digits",
     "load_npz",
