@@ -168,15 +168,21 @@ def test_report_in_headless_browser(report_dir, tmp_path):
     assert {"filter_grid", "load_balance", "threshold_sweep", "ineffectual"} <= names
 
 
-def test_blank_figure_is_detected(report_dir, tmp_path):
-    """The browser check can fail: a page whose figure div is empty is flagged."""
+@pytest.mark.parametrize("sabotage, match", [
+    (lambda page: page.replace("Plotly.newPlot(", "(function(){})(", 1), "rendered"),
+    (lambda page: page.replace("</head>", "<style>.js-plotly-plot{visibility:hidden}</style></head>", 1),
+     "blank in the screenshot"),
+    (lambda page: page.replace("</body>", "<script>console.error('boom')</script></body>", 1),
+     "console messages"),
+])
+def test_browser_check_can_fail(report_dir, tmp_path, sabotage, match):
+    """The browser check is not vacuous: a figure not drawn, drawn invisible, or a console
+    error each fail it."""
     out, _ = report_dir
     bad = tmp_path / "bad"
     shutil.copytree(out, bad)
-    page = (bad / "index.html").read_text()
-    page = page.replace("Plotly.newPlot(", "(function(){})(", 1)
-    (bad / "index.html").write_text(page)
-    with pytest.raises(AssertionError):
+    (bad / "index.html").write_text(sabotage((bad / "index.html").read_text()))
+    with pytest.raises(AssertionError, match=match):
         check_in_browser(bad, tmp_path)
 
 

@@ -123,15 +123,22 @@ def split_weight(weight, blocks: list[dict]) -> tuple[np.ndarray, list[np.ndarra
     return rest, subs
 
 
-def _median_ms(fn, repeats: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
+def interleaved_ms(fns: dict, repeats: int, warmup: int = 2) -> dict:
+    """Median wall time (ms) of each callable, timed round-robin so they share the machine's load.
+
+    Each callable runs ``warmup`` times first (JIT compilation and caches), then ``repeats``
+    rounds of one call each, in turn.
+    """
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict = {k: [] for k in fns}
     for _ in range(max(1, repeats)):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append((time.perf_counter() - t0) * 1e3)
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def _sparse_kernel_name(ws, x, stride, padding, dilation) -> str:
@@ -179,9 +186,10 @@ def measure_rates(weight, x: torch.Tensor, stride=(1, 1), padding=(0, 0), dilati
     with torch.no_grad():
         y = F.conv2d(x, wt, None, stride, padding, dilation)
         n, _, oh, ow = y.shape
-        dense_ms = _median_ms(lambda: F.conv2d(x, wt, None, stride, padding, dilation), repeats)
-        sparse_ms = _median_ms(lambda: conv2d(x, ws, None, stride, padding, dilation, algo=kname),
-                               repeats)
+        ms = interleaved_ms({
+            "dense": lambda: F.conv2d(x, wt, None, stride, padding, dilation),
+            "sparse": lambda: conv2d(x, ws, None, stride, padding, dilation, algo=kname)}, repeats)
+        dense_ms, sparse_ms = ms["dense"], ms["sparse"]
     pix = n * oh * ow
     return {
         "dense_ms": dense_ms, "sparse_ms": sparse_ms, "format": format, "sparse_kernel": kname,
@@ -228,13 +236,15 @@ def measure_hybrid(weight, blocks: dict, x: torch.Tensor, stride=(1, 1), padding
 
     The output is ``y = sparse(x, W_rest)``, then ``y[:, rows] += conv2d(x[:, cols], W[rows, cols])``
     for each block. It is checked against ``torch.nn.functional.conv2d(x, W)`` before timing.
+    Dense (``F.conv2d`` on the whole weight), all-sparse (the same kernel on the whole weight) and
+    the hybrid are timed interleaved (:func:`interleaved_ms`), so their ratios are fair.
 
     Returns
     -------
     dict
-        ``hybrid_ms`` (median wall time, gathers and adds included), ``max_abs_err`` against the
-        full dense convolution, ``matches`` (``torch.allclose`` at rtol 1e-4, atol 1e-4 x max |y|),
-        ``sparse_kernel``, ``nblocks``.
+        ``hybrid_ms``, ``dense_ms``, ``sparse_ms`` (median wall times, ms; the hybrid's includes
+        the gathers and adds), ``max_abs_err`` against the full dense convolution, ``matches``
+        (``torch.allclose`` at rtol 1e-4, atol 1e-4 x max |y|), ``sparse_kernel``, ``nblocks``.
 
     Raises
     ------
@@ -247,6 +257,8 @@ def measure_hybrid(weight, blocks: dict, x: torch.Tensor, stride=(1, 1), padding
     w = conv_weight(weight)
     rest, subs = split_weight(w, blocks["blocks"])
     ws = to_sparse(rest, format=format)
+    ws_all = to_sparse(w, format=format)
+    wt = torch.from_numpy(w)
     kname = _sparse_kernel_name(ws, x, stride, padding, dilation)
     parts = [(torch.from_numpy(b["rows"]), torch.from_numpy(b["cols"]), torch.from_numpy(sub))
              for b, sub in zip(blocks["blocks"], subs)]
@@ -258,13 +270,17 @@ def measure_hybrid(weight, blocks: dict, x: torch.Tensor, stride=(1, 1), padding
         return y
 
     with torch.no_grad():
-        ref = F.conv2d(x, torch.from_numpy(w), None, stride, padding, dilation)
+        ref = F.conv2d(x, wt, None, stride, padding, dilation)
         y = run()
         err = float((y - ref).abs().max()) if ref.numel() else 0.0
         scale = float(ref.abs().max()) if ref.numel() else 0.0
         ok = bool(torch.allclose(y, ref, rtol=1e-4, atol=1e-4 * max(scale, 1e-6)))
         if not ok:
             raise ValueError(f"hybrid output differs from the full convolution (max abs error {err:.3g})")
-        ms = _median_ms(run, repeats)
-    return {"hybrid_ms": ms, "max_abs_err": err, "matches": ok, "sparse_kernel": kname,
-            "nblocks": len(parts), "format": format}
+        ms = interleaved_ms({
+            "dense": lambda: F.conv2d(x, wt, None, stride, padding, dilation),
+            "sparse": lambda: conv2d(x, ws_all, None, stride, padding, dilation, algo=kname),
+            "hybrid": run}, repeats)
+    return {"hybrid_ms": ms["hybrid"], "dense_ms": ms["dense"], "sparse_ms": ms["sparse"],
+            "max_abs_err": err, "matches": ok, "sparse_kernel": kname, "nblocks": len(parts),
+            "format": format}

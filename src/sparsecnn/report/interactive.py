@@ -149,7 +149,7 @@ def dense_blocks(d: dict) -> go.Figure | None:
     rs = d["weights"][n].shape[2] * d["weights"][n].shape[3]
     fig = _fig(height=640, title=(f"{n}: reordered grid, {len(b['blocks'])} dense block(s) with density "
                                   f"≥ {100 * b['threshold']:.0f} % hold {100 * b['share']:.1f} % of nnz "
-                                  f"(tile {b['tile'][0]}x{b['tile'][1]} filters)"))
+                                  f"(tile {b['tile'][0]}x{b['tile'][1]} filters; densest tile {100 * b['tile_density'].max():.1f} %)"))
     fig.add_heatmap(z=fnnz, zmin=0, zmax=rs, colorscale=grid_colors(rs),
                     customdata=np.stack(np.meshgrid(b["col_order"], b["row_order"]), axis=-1),
                     hovertemplate=("row %{y} = output channel %{customdata[1]}<br>col %{x} = input "
@@ -181,10 +181,10 @@ def hybrid(d: dict) -> go.Figure | None:
     if not ok:
         return None
     names = list(ok)
-    fig = _fig(title="Hybrid plan: time per layer (batch of the captured input; ms, median)",
+    fig = _fig(title="Hybrid plan vs dense and all-sparse (one image; medians of interleaved runs, ms)",
                barmode="group", xaxis_title="layer", yaxis_title="time (ms)", height=420)
-    series = (("dense (torch conv2d)", lambda h: h["rates"]["dense_ms"]),
-              ("sparse (all nnz)", lambda h: h["rates"]["sparse_ms"]),
+    series = (("dense (torch conv2d)", lambda h: h["measured"]["dense_ms"]),
+              ("sparse (all nnz)", lambda h: h["measured"]["sparse_ms"]),
               ("hybrid, cost model", lambda h: h["estimate"]["hybrid_ms"]),
               ("hybrid, measured", lambda h: h["measured"]["hybrid_ms"]))
     for label, f in series:
