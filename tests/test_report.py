@@ -231,3 +231,19 @@ def test_cli_one_layer_end_to_end(tmp_path, capsys):
     assert payload["layers"] == ["layer2.0.conv2"]
     assert payload["geometry"]["layer2.0.conv2"]["input_shape"] == [1, 32, 16, 16]
     assert "random initialisation" in payload["meta"]["weights"]
+
+
+def test_break_even_figure_from_rows(report_dir, tmp_path):
+    """Break-even rendering on hand-made benchmark rows (the benchmark itself is slow: --bench)."""
+    _, d = report_dir
+    rows = [{"kernel": k, "sparsity": s, "speedup": sp, "status": "ok"}
+            for s, sp in ((0.5, 0.3), (0.9, 0.8), (0.99, 2.5)) for k, sp in (("dense", 1.0), ("direct", sp))]
+    d2 = dict(d, break_even={"4": {"available": True, "reason": None, "rows": rows,
+                                   "break_even": {"direct": 0.93}, "break_even_label": {"direct": "0.930"}}})
+    d2["timings_s"] = dict(d["timings_s"])
+    out = write_report(d2, tmp_path / "be", {})
+    assert (out / "break_even.png").exists() and (out / "break_even.svg").exists()
+    with open(out / "break_even.csv") as f:
+        got = list(csv.DictReader(f))
+    assert len(got) == 6 and {r["kernel"] for r in got} == {"dense", "direct"}
+    assert "break-even 0.930" in (out / "index.html").read_text()

@@ -62,7 +62,7 @@ def analyse_model(model: torch.nn.Module, layers=None, *, inputs: torch.Tensor |
                   sweep_weights: dict | None = None, sweep_fractions=DEFAULT_FRACTIONS,
                   detail_layers=None, threads: int = 1, format: str = "csr",
                   block_threshold: float = 0.5, block_tile=(16, 16), repeats: int = 20,
-                  bench: bool = False, bench_sparsities=(0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99),
+                  bench: bool = False, bench_sparsities=(0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.993),
                   bench_kernels=None, eval_images: int = 256, activation_images: int = 64,
                   progress=None) -> dict:
     """Run every analysis on the model's conv layers; return plain data for the renderers.

@@ -187,8 +187,9 @@ def run(args) -> int:
         if "unavailable" in h:
             print(f"hybrid plan {n}: unavailable ({h['unavailable']})")
         else:
-            print(f"hybrid plan {n}: dense {h['rates']['dense_ms']:.3f} ms, sparse "
-                  f"{h['rates']['sparse_ms']:.3f} ms ({h['rates']['sparse_kernel']}), hybrid est. "
+            print(f"hybrid plan {n} ({len(data['blocks'][n]['blocks'])} dense blocks): dense "
+                  f"{h['measured']['dense_ms']:.3f} ms, sparse {h['measured']['sparse_ms']:.3f} ms "
+                  f"({h['measured']['sparse_kernel']}), hybrid est. "
                   f"{h['estimate']['hybrid_ms']:.3f} ms, measured {h['measured']['hybrid_ms']:.3f} ms")
     print(f"time: {total:.1f} s" + (f" ({bench_s:.1f} s of it the --bench benchmark)" if bench_s else ""))
     return 0

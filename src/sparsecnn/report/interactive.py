@@ -278,23 +278,34 @@ def break_even(d: dict) -> go.Figure | None:
     be = d.get("break_even")
     if not be:
         return None
-    fig = _fig(title="Speedup over dense vs sparsity (layer shape, batch 1)", xaxis_title="sparsity (%)",
-               yaxis_title="speedup over dense (x, log)", height=420)
-    any_rows = False
+    fig = _fig(title="Speedup over dense vs sparsity on the layer's shape (batch 1; sparsecnn.bench)",
+               xaxis_title="sparsity (%; axis spaced by log density)",
+               yaxis_title="speedup over dense (x, log)", height=440)
+    xs = []
     for n, res in be.items():
         if not res.get("available") or not res["rows"]:
             continue
         for kern, pts in speedup_series(res["rows"]).items():
-            any_rows = True
             lab = res.get("break_even_label", {}).get(kern, "n/a")
-            fig.add_scatter(x=[100 * s for s, _ in pts], y=[v for _, v in pts], mode="lines+markers",
+            xs += [1 - s for s, _ in pts]
+            fig.add_scatter(x=[1 - s for s, _ in pts], y=[v for _, v in pts], mode="lines+markers",
                             name=f"{short(n)}: {kern} (break-even {lab})",
-                            hovertemplate="%{x:.1f} %: %{y:.2f}x<extra>" + kern + "</extra>")
-    if not any_rows:
+                            customdata=[100 * s for s, _ in pts],
+                            hovertemplate="sparsity %{customdata:.1f} %: %{y:.2f}x<extra>" + kern + "</extra>")
+    if not xs:
         return None
-    xs = [100 * r["sparsity"] for res in be.values() for r in res.get("rows", [])]
     fig.add_scatter(x=[min(xs), max(xs)], y=[1.0, 1.0], mode="lines", name="dense (1x)",
                     line=dict(color="black", dash="dot"), hoverinfo="skip")
+    for n in be:
+        dens = d["profiles"][n]["global_density"]
+        if dens > 0:
+            fig.add_vline(x=dens, line_dash="dash", line_color="gray")
+            fig.add_scatter(x=[dens], y=[1.0], mode="markers", marker=dict(symbol="x", color="gray", size=10),
+                            name=f"{short(n)} in this report: {100 * (1 - dens):.2f} %",
+                            hovertemplate="%{x}<extra></extra>")
+    ticks = sorted(set(xs))
+    fig.update_xaxes(type="log", autorange="reversed", tickvals=ticks,
+                     ticktext=[f"{100 * (1 - t):.4g}" for t in ticks])
     fig.update_yaxes(type="log")
     return fig
 

@@ -283,27 +283,43 @@ def threshold_sweep(d):
 
 
 def break_even(d):
+    from matplotlib.ticker import FixedLocator, NullLocator, ScalarFormatter
+
     from ..analysis.breakeven import speedup_series
 
     be = d.get("break_even")
     if not be:
         return None
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    drawn = False
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    xs = []
     for n, res in be.items():
         if not res.get("available"):
             continue
         for kern, pts in speedup_series(res["rows"]).items():
-            ax.plot([100 * s for s, _ in pts], [v for _, v in pts], "o-", label=f"{short(n)}: {kern}")
-            drawn = True
-    if not drawn:
+            lab = res.get("break_even_label", {}).get(kern, "n/a")
+            ax.plot([1 - s for s, _ in pts], [v for _, v in pts], "o-", label=f"{short(n)}: {kern} (break-even {lab})")
+            xs += [1 - s for s, _ in pts]
+    if not xs:
         plt.close(fig)
         return None
-    ax.axhline(1.0, ls=":", c="k")
+    ax.axhline(1.0, ls=":", c="k", label="dense (1x)")
+    for n in be:
+        dens = d["profiles"][n]["global_density"]
+        if dens > 0:
+            ax.axvline(dens, ls="--", c="gray", label=f"{short(n)} in this report: {100 * (1 - dens):.2f} %")
+    ax.set_xscale("log")
+    ax.invert_xaxis()
+    ticks = sorted(set(xs))
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xticklabels([f"{100 * (1 - t):.4g}" for t in ticks])
     ax.set_yscale("log")
-    ax.set_xlabel("sparsity (%)")
+    ax.yaxis.set_major_formatter(ScalarFormatter())
+    ax.yaxis.set_minor_formatter(ScalarFormatter())
+    ax.tick_params(axis="y", which="minor", labelsize=7)
+    ax.set_xlabel("sparsity (%; axis spaced by log density)")
     ax.set_ylabel("speedup over dense (x, log)")
-    ax.set_title("Break-even: speedup over dense vs sparsity (batch 1)")
+    ax.set_title("Speedup over dense vs sparsity on the layer's shape (batch 1)", fontsize=10)
     ax.legend(fontsize=8)
     return fig
 
