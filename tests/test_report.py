@@ -223,14 +223,17 @@ def test_cli_empty_model_checkpoint(capsys, tmp_path):
 def test_cli_one_layer_end_to_end(tmp_path, capsys):
     out = tmp_path / "r"
     rc = main(["report", "--arch", "resnet20", "--layer", "layer2.0.conv2", "--threads", "1",
-               "--images", "4", "--eval-images", "8", "--out", str(out), "--no-static"])
+               "--sparsity", "0.9", "--images", "4", "--eval-images", "8", "--out", str(out),
+               "--no-static"])
     assert rc == 0
     text = capsys.readouterr().out
     assert "report written to" in text and "random initialisation" in text
+    assert "magnitude pruning to 0.9" in text
     payload = json.loads((out / "report.json").read_text())
     assert payload["layers"] == ["layer2.0.conv2"]
     assert payload["geometry"]["layer2.0.conv2"]["input_shape"] == [1, 32, 16, 16]
     assert "random initialisation" in payload["meta"]["weights"]
+    assert payload["summary"][0]["nnz"] == round(0.1 * 32 * 32 * 9)       # pruned to exactly 90 %
 
 
 def test_break_even_figure_from_rows(report_dir, tmp_path):

@@ -230,7 +230,7 @@ def ineffectual(d: dict) -> go.Figure | None:
              ("weight zero only", lambda e: e["macs_weight_zero"] - e["macs_both_zero"], "#1f77b4"),
              ("activation zero only", lambda e: e["macs_act_zero"] - e["macs_both_zero"], "#ff7f0e"),
              ("both zero", lambda e: e["macs_both_zero"], "#7f7f7f"))
-    fig = _fig(title=f"{ineffectual_totals(L)}<br><sup>activations: {ie['input_source']}</sup>",
+    fig = _fig(title=f"{ineffectual_totals(L)}<br><sup>activations measured on {ie['images']} images of: {ie['input_source']}</sup>",
                barmode="stack", xaxis_title="layer", yaxis_title="share of dense MACs (%)", height=480,
                legend=dict(x=1.02, y=1.0, traceorder="reversed"))
     fig.update_layout(margin=dict(t=80))

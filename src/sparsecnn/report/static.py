@@ -250,7 +250,7 @@ def ineffectual(d):
     ax.set_ylabel("share of dense MACs (%)")
     from .interactive import ineffectual_totals
 
-    ax.set_title(f"{ineffectual_totals(L)}\nactivations: {ie['input_source']}", fontsize=8)
+    ax.set_title(f"{ineffectual_totals(L)}\nactivations measured on {ie['images']} images of: {ie['input_source']}", fontsize=8)
     ax.legend(fontsize=8, ncol=4, loc="lower center", bbox_to_anchor=(0.5, 1.08))
     return fig
 
