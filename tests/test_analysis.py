@@ -264,3 +264,15 @@ def test_threshold_sweep_on_pruned_weights_spreads_over_nonzeros():
     assert [r["density"] for r in rows] == pytest.approx([0.5, 0.25])
     with pytest.raises(ValueError, match="zero"):
         A.threshold_sweep({"l": np.zeros((2, 2, 1, 1), np.float32)})
+
+
+@pytest.mark.skipif(not _has_sparse_conv(), reason="no sparse conv2d kernel for CSR registered yet")
+def test_measure_hybrid_rates_feed_the_cost_model():
+    w, _, _ = _planted(3)
+    res = A.dense_blocks(w, threshold=0.5, tile=(16, 16))
+    x = torch.randn(1, w.shape[1], 7, 7)
+    m = A.measure_hybrid(w, res, x, (1, 1), (1, 1), (1, 1), repeats=2)
+    assert m["output_pixels"] == 49
+    assert m["dense_gflops"] == pytest.approx(2 * w.size * 49 / (m["dense_ms"] * 1e6))
+    est = A.hybrid_estimate(res, m)
+    assert est["hybrid_ms"] > 0 and est["dense_ms"] == m["dense_ms"]

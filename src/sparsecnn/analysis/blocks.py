@@ -243,7 +243,9 @@ def measure_hybrid(weight, blocks: dict, x: torch.Tensor, stride=(1, 1), padding
     -------
     dict
         ``hybrid_ms``, ``dense_ms``, ``sparse_ms`` (median wall times, ms; the hybrid's includes
-        the gathers and adds), ``max_abs_err`` against the full dense convolution, ``matches``
+        the gathers and adds), the rates of :func:`measure_rates` from the same runs
+        (``dense_gflops``, ``sparse_useful_gflops``, ``output_pixels``: so the result can be
+        given to :func:`hybrid_estimate`), ``max_abs_err`` against the full dense convolution, ``matches``
         (``torch.allclose`` at rtol 1e-4, atol 1e-4 x max |y|), ``sparse_kernel``, ``nblocks``.
 
     Raises
@@ -281,6 +283,10 @@ def measure_hybrid(weight, blocks: dict, x: torch.Tensor, stride=(1, 1), padding
             "dense": lambda: F.conv2d(x, wt, None, stride, padding, dilation),
             "sparse": lambda: conv2d(x, ws_all, None, stride, padding, dilation, algo=kname),
             "hybrid": run}, repeats)
+    n, _, oh, ow = ref.shape
+    pix = n * oh * ow
     return {"hybrid_ms": ms["hybrid"], "dense_ms": ms["dense"], "sparse_ms": ms["sparse"],
-            "max_abs_err": err, "matches": ok, "sparse_kernel": kname, "nblocks": len(parts),
-            "format": format}
+            "dense_gflops": 2 * w.size * pix / (ms["dense"] * 1e6),
+            "sparse_useful_gflops": 2 * ws_all.nnz * pix / (ms["sparse"] * 1e6),
+            "output_pixels": pix, "max_abs_err": err, "matches": ok, "sparse_kernel": kname,
+            "nblocks": len(parts), "format": format}
