@@ -15,7 +15,7 @@ import torch
 
 from ._common import conv_weight
 
-DEFAULT_FRACTIONS = (0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995)
+DEFAULT_FRACTIONS = (0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995)
 
 
 def threshold_sweep(weights: dict, fractions=DEFAULT_FRACTIONS, *,
