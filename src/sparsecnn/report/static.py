@@ -283,7 +283,7 @@ def threshold_sweep(d):
 
 
 def break_even(d):
-    from matplotlib.ticker import FixedLocator, NullLocator, ScalarFormatter
+    from matplotlib.ticker import FixedLocator, LogLocator, NullLocator, ScalarFormatter
 
     from ..analysis.breakeven import speedup_series
 
@@ -314,9 +314,9 @@ def break_even(d):
     ax.xaxis.set_minor_locator(NullLocator())
     ax.set_xticklabels([f"{100 * (1 - t):.4g}" for t in ticks])
     ax.set_yscale("log")
+    ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_minor_locator(NullLocator())
     ax.yaxis.set_major_formatter(ScalarFormatter())
-    ax.yaxis.set_minor_formatter(ScalarFormatter())
-    ax.tick_params(axis="y", which="minor", labelsize=7)
     ax.set_xlabel("sparsity (%; axis spaced by log density)")
     ax.set_ylabel("speedup over dense (x, log)")
     ax.set_title("Speedup over dense vs sparsity on the layer's shape (batch 1)", fontsize=10)
