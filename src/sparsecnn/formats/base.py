@@ -30,6 +30,8 @@ def as_numpy_weight(weight) -> np.ndarray:
         If ``weight`` is not 2-D (linear) or 4-D (convolution), or has a zero-sized dimension.
     """
     if isinstance(weight, torch.Tensor):
+        if weight.dtype not in (torch.float16, torch.float32, torch.float64):
+            raise TypeError(f"weight dtype must be one of float16/float32/float64, got {weight.dtype}")
         if weight.device.type != "cpu":
             weight = weight.cpu()
         arr = weight.detach().numpy()
@@ -60,17 +62,37 @@ def as_index_array(a, name: str) -> np.ndarray:
     return np.ascontiguousarray(arr, dtype=INDEX_DTYPE)
 
 
-def as_value_array(a, name: str = "values") -> np.ndarray:
-    """Convert ``a`` to a contiguous floating array (float16/32/64 kept, other types rejected)."""
+def as_value_array(a, name: str = "values", ndim: int | None = 1) -> np.ndarray:
+    """Convert ``a`` to a contiguous floating array (float16/32/64 kept, other types rejected).
+
+    Raises
+    ------
+    ValueError
+        If the dtype is not float16/float32/float64, or ``ndim`` is given and differs.
+    """
     arr = np.asarray(a)
     if arr.dtype not in VALUE_DTYPES:
         raise ValueError(f"{name} must be float16, float32 or float64, got dtype {arr.dtype}")
+    if ndim is not None and arr.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-D, got shape {arr.shape}")
     return np.ascontiguousarray(arr)
 
 
 def check_shape(shape) -> tuple[int, ...]:
-    """Validate a weight shape: 2-D or 4-D, all dimensions positive integers."""
-    shape = tuple(int(d) for d in shape)
+    """Validate a weight shape: 2-D or 4-D, all dimensions positive integers.
+
+    Raises
+    ------
+    ValueError
+        If ``shape`` is not a sequence of 2 or 4 positive integers.
+    """
+    try:
+        dims = tuple(shape)
+    except TypeError:
+        raise ValueError(f"shape must be a tuple of ints, got {shape!r}") from None
+    if not all(isinstance(d, (int, np.integer)) and not isinstance(d, bool) for d in dims):
+        raise ValueError(f"shape must hold ints, got {shape!r}")
+    shape = tuple(int(d) for d in dims)
     if len(shape) not in (2, 4) or any(d <= 0 for d in shape):
         raise ValueError(
             f"shape must be 2-D (out, in) or 4-D (K, C/groups, R, S) with positive sizes, got {shape}"
@@ -86,8 +108,15 @@ class SparseWeight:
     shape : tuple of int
         The dense weight's shape, ``(K, C/groups, R, S)`` or ``(out_features, in_features)``.
 
-    Subclasses implement ``from_dense``, ``to_numpy``, ``nnz`` and ``arrays`` (the name -> ndarray
-    mapping whose sizes make up ``nbytes``).
+    Subclasses implement ``from_dense``, ``to_numpy``, ``nnz``, ``nstored`` (if they store
+    explicit zeros) and ``arrays`` (the name -> ndarray mapping whose sizes make up ``nbytes``;
+    the value array is always under the key ``"values"``).
+
+    Counting convention, the same for every format: ``nnz`` counts the true nonzero entries of
+    the weight; ``nstored`` counts the stored value slots, explicit zeros included (padding of
+    unified CSR, zeros inside BSR blocks, zero slots of N:M groups). ``density = nnz / (nrows *
+    ncols)``; ``nbytes`` is what the stored arrays occupy. Arrays are shared, not copied, with the
+    caller: treat a format object as immutable.
     """
 
     format_name: ClassVar[str] = "base"
@@ -111,14 +140,14 @@ class SparseWeight:
 
     # -- sizes -------------------------------------------------------------------------------
     @property
-    def nnz(self) -> int:  # pragma: no cover - abstract
-        """Number of stored nonzeros (explicit zeros of padded formats excluded)."""
-        raise NotImplementedError
+    def nnz(self) -> int:
+        """Number of nonzero entries of the weight (explicit stored zeros excluded)."""
+        return int(np.count_nonzero(self.arrays()["values"]))
 
     @property
     def nstored(self) -> int:
-        """Number of stored values, explicit zeros included (= nnz unless a format pads)."""
-        return self.nnz
+        """Number of stored value slots, explicit zeros included (= nnz unless a format pads)."""
+        return int(self.arrays()["values"].size)
 
     @property
     def dtype(self) -> np.dtype:
@@ -173,8 +202,18 @@ class SparseWeight:
         """The dense weight as a torch.Tensor of ``shape`` and the value dtype."""
         return torch.from_numpy(self.to_numpy())
 
+    def to_matrix(self) -> np.ndarray:
+        """The dense ``nrows x ncols`` matrix view as an ndarray (value dtype)."""
+        return self.to_numpy().reshape(self.nrows, self.ncols)
+
+    def to_format(self, format: str, **options) -> "SparseWeight":
+        """Convert to another format (see :func:`sparsecnn.formats.convert.convert`)."""
+        from .convert import convert
+
+        return convert(self, format, **options)
+
     def __repr__(self) -> str:
         return (
-            f"{type(self).__name__}(shape={self.shape}, nnz={self.nnz}, "
+            f"{type(self).__name__}(shape={self.shape}, nnz={self.nnz}, nstored={self.nstored}, "
             f"density={self.density:.4f}, dtype={self.dtype}, nbytes={self.nbytes})"
         )
