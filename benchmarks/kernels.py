@@ -110,7 +110,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     numba.set_num_threads(args.threads)
     gen = torch.Generator().manual_seed(0)
-    console = Console()
+    console = Console(width=200)
     rows = []
     with open(LOCK, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
