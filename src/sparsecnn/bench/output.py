@@ -87,7 +87,7 @@ def machine_info(threads: int) -> dict:
 
     import sparsecnn
 
-    onednn = re.search(r"oneDNN v[\d.]+", torch.__config__.show())
+    onednn = re.search(r"(?:oneDNN|MKL-DNN) (v[\d.]+)", torch.__config__.show())
     return {
         "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "cpu_model": cpu_model(),
@@ -100,7 +100,7 @@ def machine_info(threads: int) -> dict:
         "platform": platform.platform(),
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "onednn": onednn.group(0) if onednn else None,
+        "onednn": f"oneDNN {onednn.group(1)}" if onednn else None,
         "numba": numba.__version__,
         "numpy": numpy.__version__,
         "sparsecnn": sparsecnn.__version__,
