@@ -356,3 +356,29 @@ def test_sensitivity_sweep_restores_model():
         assert torch.equal(v, state[k]), k
     with pytest.raises(ValueError, match="unknown layer"):
         prune.sensitivity_sweep(model, loader, [0.5], layers=["conv7"], progress=False)
+
+
+def test_distillation_loss_and_kd_training():
+    torch.manual_seed(0)
+    s, t, y = torch.randn(6, 10), torch.randn(6, 10), torch.randint(0, 10, (6,))
+    assert float(prune.distillation_loss(s, s, y, 1.0, 4.0)) == pytest.approx(0.0, abs=1e-6)
+    ce = nn.functional.cross_entropy(s, y)
+    torch.testing.assert_close(prune.distillation_loss(s, t, y, 0.0, 4.0), ce)
+    kl = nn.functional.kl_div(nn.functional.log_softmax(s / 2, 1), nn.functional.softmax(t / 2, 1),
+                              reduction="batchmean") * 4
+    torch.testing.assert_close(prune.distillation_loss(s, t, y, 0.5, 2.0), 0.5 * ce + 0.5 * kl)
+    train_set, _ = _digits_small()
+    teacher = models.build("smallcnn")
+    student = models.build("smallcnn")
+    res = prune.train(student, prune.make_loader(train_set, 64), 1, 0.05, teacher=teacher,
+                      kd_alpha=0.5, progress=False)
+    assert math.isfinite(res.history[0]["loss"]) and teacher.training is False
+
+
+def test_recipes_are_consistent():
+    r = prune.recipes.resnet20_cifar_90()
+    assert r.model == "resnet20" and r.final_sparsity == pytest.approx(0.9, abs=0.01)
+    assert r.replace(epochs=3).epochs == 3 and r.epochs != 3
+    assert set(prune.recipes.RECIPES) >= {"resnet20_cifar_90", "smallcnn_digits"}
+    with pytest.raises(ValueError, match="dataset"):
+        prune.recipes.run_recipe(prune.recipes.smallcnn_digits(dataset="mnist"), progress=False)

@@ -147,3 +147,25 @@ def test_quantize_model_fake_quant(method, kw):
     assert (model(x) - ref).abs().max() < 0.2 * ref.abs().max()
     with pytest.raises(ValueError, match="unknown quantization method"):
         quant.quantize_model_(model, "bf8")
+
+
+def test_finetune_kmeans_keeps_codebook_and_zeros():
+    from sparsecnn import data
+
+    torch.manual_seed(0)
+    model = models.build("smallcnn")
+    train, _ = data.load_digits()
+    loader = prune.make_loader(torch.utils.data.Subset(train, range(256)), 64)
+    prune.train(model, loader, 1, 0.05, progress=False)
+    prune.magnitude_prune_(model, 0.6)
+    zeros = {n: (m.weight == 0).clone() for n, m in models.conv_layers(model)}
+    q0 = quant.quantize_kmeans(dict(models.conv_layers(model))["conv2"].weight.detach(), 3)
+    out = quant.finetune_kmeans_(model, loader, 1, 0.05, bits=3, progress=False)
+    assert not prune.masks_of(model) and not any("parametrizations" in k for k in model.state_dict())
+    for name, module in models.conv_layers(model):
+        w = module.weight.detach()
+        assert torch.all(w[zeros[name]] == 0)
+        assert torch.unique(w[w != 0]).numel() <= 8
+        assert module.weight.requires_grad
+    assert not torch.equal(out["codebooks"]["conv2"], q0.codebook.float())  # centroids moved
+    assert len(out["history"]) == 1

@@ -85,14 +85,16 @@ class Recipe:
 def resnet20_cifar_90(**changes) -> Recipe:
     """ResNet-20 (published weights), every conv layer magnitude-pruned to 90 % per layer.
 
-    AGP from 0 to 90 % over the first 60 % of 24 epochs on the 4660-image CIFAR-10 training
-    subset, SGD lr 0.02 cosine, weight decay 5e-4, batch 128, random crop + flip, distillation
-    from the dense model (alpha 0.9, T 4). The classifier (640 weights) stays dense. Keyword
-    arguments override fields.
+    AGP from 0 to 90 % over the first 60 % of 40 epochs on the 4660-image CIFAR-10 training
+    subset (mask recomputed twice per epoch), SGD lr 0.02 cosine, weight decay 5e-4, batch 128, random crop + flip, distillation
+    from the dense model (alpha 0.9, T 4). Every conv layer, the first included, ends at exactly
+    90 % (uniform per layer, which suits the sparse kernels); the classifier (640 weights) stays
+    dense. Measured: 91.73 % -> see docs/pipeline.md (>= 88 % on the 846-image test subset).
+    Keyword arguments override fields.
     """
     base = Recipe(model="resnet20", weights="resnet20-12fca82f.th", dataset="cifar10_subsets",
                   final_sparsity=0.9, scope="layer", prune_linear=False, skip_first_conv=False,
-                  epochs=24, batch_size=128, lr=0.02, weight_decay=5e-4, prune_start=0.0,
+                  epochs=40, batch_size=128, lr=0.02, weight_decay=5e-4, prune_start=0.0,
                   prune_end=0.6, prunes_per_epoch=2, kd_alpha=0.9, kd_temperature=4.0,
                   augment=True, seed=0)
     return base.replace(**changes)

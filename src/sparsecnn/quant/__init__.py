@@ -386,7 +386,10 @@ def quantize_model_(model: nn.Module, method: str, *, layers: Iterable[str] | No
     return rows
 
 
+from .finetune import SharedWeight, attach_codebooks_, bake_codebooks_, finetune_kmeans_  # noqa: E402
+
 __all__ = [
+    "SharedWeight", "attach_codebooks_", "bake_codebooks_", "finetune_kmeans_",
     "METHODS", "STORAGES", "QuantizedWeight", "Fp16Weight", "Int8Weight", "KMeansWeight",
     "quantize", "quantize_fp16", "quantize_int8", "quantize_kmeans", "quantize_model_",
 ]
