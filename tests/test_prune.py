@@ -382,3 +382,10 @@ def test_recipes_are_consistent():
     assert set(prune.recipes.RECIPES) >= {"resnet20_cifar_90", "smallcnn_digits"}
     with pytest.raises(ValueError, match="dataset"):
         prune.recipes.run_recipe(prune.recipes.smallcnn_digits(dataset="mnist"), progress=False)
+
+
+def test_resnet20_recipes_scopes():
+    assert prune.recipes.resnet20_cifar_90().scope == "global"
+    uni = prune.recipes.resnet20_cifar_90_uniform()
+    assert uni.scope == "layer" and uni.epochs == prune.recipes.resnet20_cifar_90().epochs
+    assert prune.recipes.resnet20_cifar_90_uniform(seed=3).seed == 3
