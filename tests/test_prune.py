@@ -331,12 +331,20 @@ def test_evaluate_and_empty_loader():
 
 
 def test_smallcnn_digits_recipe_accuracy():
-    torch.set_num_threads(2)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny model: one thread is as fast and robust to a busy machine
+    try:
+        _digits_recipe_checks()
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _digits_recipe_checks():
     dense = prune.recipes.run_recipe(prune.recipes.smallcnn_digits(final_sparsity=0.0),
                                      progress=False)
     assert dense["top1"] >= 0.97
     res = prune.recipes.run_recipe(prune.recipes.smallcnn_digits(), progress=False)
-    assert res["finished"] and res["top1"] >= 0.95
+    assert res["finished"] and res["top1"] >= 0.96
     assert res["pruned_sparsity"] == pytest.approx(0.8, abs=2e-3)
 
 
