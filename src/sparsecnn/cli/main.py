@@ -12,7 +12,7 @@ import importlib
 import sys
 
 # Subcommand modules, in the order ``sparsecnn --help`` lists them.
-COMMANDS: tuple[str, ...] = ()
+COMMANDS: tuple[str, ...] = ("bench",)
 
 
 class UsageError(Exception):

@@ -18,12 +18,14 @@ from .bsr import BSRWeight
 from .convert import convert, from_scipy, to_scipy
 from .csc import CSCWeight
 from .csr import CSRWeight
+from .direct import DirectConvCSR
 from .nm import NMWeight, check_nm, first_violation
 from .unified import UnifiedCSRWeight
 
 __all__ = [
     "SparseWeight", "CSRWeight", "CSCWeight", "BSRWeight", "UnifiedCSRWeight", "NMWeight",
-    "FORMATS", "to_sparse", "convert", "to_scipy", "from_scipy", "check_nm", "first_violation",
+    "DirectConvCSR", "FORMATS", "to_sparse", "convert", "to_scipy", "from_scipy", "check_nm",
+    "first_violation",
 ]
 
 FORMATS: dict[str, type[SparseWeight]] = {

@@ -1,0 +1,120 @@
+"""``sparsecnn bench``: time dense PyTorch against each sparse conv2d kernel on CNN layers.
+
+Prints a rich table (per layer, batch, sparsity and kernel: median ms, IQR, speedup over dense,
+GFLOP/s, weight bytes, max error vs dense), the break-even sparsities and the JIT compile times,
+and writes a results folder (bench.csv, bench.json, speedup.png/.svg), atomically.
+Run timing on a shared machine under ``flock /tmp/sparsecnn-cpu.lock``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from .main import UsageError
+
+
+def add_parser(subparsers) -> None:
+    from ..bench import DEFAULT_BATCHES, DEFAULT_SPARSITIES, DEFAULT_SUITE, DEFAULT_THREADS, SUITES
+    from ..bench.core import DEFAULT_MAX_TIME, DEFAULT_MIN_TIME
+
+    p = subparsers.add_parser(
+        "bench", help="time dense F.conv2d against the sparse kernels on CNN layers",
+        description=(
+            "Time dense torch.nn.functional.conv2d (oneDNN) and each sparse conv2d kernel, in one "
+            "process, on layers of AlexNet / VGG-16 / ResNet-50 / ResNet-20 with random "
+            "unstructured magnitude-pruned weights (seeded). Prints a table; writes bench.csv, "
+            "bench.json and speedup.png/.svg to a results folder."),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--suite", default=DEFAULT_SUITE, metavar="SUITE",
+                   help=f"layer suite: {', '.join(SUITES)}")
+    p.add_argument("--layers", nargs="+", metavar="NAME",
+                   help="layer names (override --suite); see --list")
+    p.add_argument("--sparsity", "--sparsities", dest="sparsities", nargs="+", type=float,
+                   default=list(DEFAULT_SPARSITIES), metavar="S", help="sparsities in [0, 1)")
+    p.add_argument("--batch", nargs="+", type=int, default=list(DEFAULT_BATCHES), metavar="N",
+                   help="batch sizes")
+    p.add_argument("--threads", type=int, default=DEFAULT_THREADS,
+                   help="torch and numba threads")
+    p.add_argument("--kernels", nargs="+", metavar="NAME",
+                   help="sparse conv2d kernels to time (dense is always timed); default: every "
+                        "registered kernel that accepts CSR")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights and inputs")
+    p.add_argument("--min-time", type=float, default=DEFAULT_MIN_TIME,
+                   help="seconds of timed calls per measurement before it may stop")
+    p.add_argument("--max-time", type=float, default=DEFAULT_MAX_TIME,
+                   help="maximum seconds per measurement")
+    p.add_argument("--out", metavar="DIR",
+                   help="results folder (must not exist); default sparsecnn-results/bench-<timestamp>")
+    p.add_argument("--no-plot", action="store_true", help="skip speedup.png/.svg")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--list", action="store_true",
+                   help="list suites, layers and kernels, then exit")
+    p.set_defaults(func=run)
+
+
+def _list(console) -> int:
+    from rich.table import Table
+
+    from ..bench import LAYERS, SUITES, sparse_kernel_names
+    from ..kernels import registry
+
+    t = Table(title="layers", title_justify="left")
+    for col in ("name", "C x H x W -> K, R x S, stride, pad", "suites"):
+        t.add_column(col)
+    for name, spec in LAYERS.items():
+        suites = [s for s, names in SUITES.items() if name in names and s != "all"]
+        t.add_row(name, spec.shape_str(), ", ".join(suites))
+    console.print(t)
+    default = set(sparse_kernel_names())
+    t = Table(title="conv2d kernels", title_justify="left")
+    for col in ("name", "formats", "default", "description"):
+        t.add_column(col)
+    for name in registry.names("conv2d"):
+        k = registry.get("conv2d", name)
+        t.add_row(name, ", ".join(k.formats), "yes" if name in default or name == "dense" else "",
+                  k.description)
+    console.print(t)
+    return 0
+
+
+def run(args) -> int:
+    from rich.console import Console
+
+    from ..bench import Benchmark, machine_info, render_tables, select_layers, write_results
+    from ..bench.output import default_out_dir, other_runnable
+
+    # piped output: wide rather than wrapped (rich assumes 80 columns off a terminal)
+    console = Console(width=None if sys.stdout.isatty() else 160)
+    if args.list:
+        return _list(console)
+    try:
+        specs = select_layers(args.suite, args.layers)
+        bench = Benchmark(tuple(specs), tuple(args.sparsities), args.kernels and tuple(args.kernels),
+                          tuple(args.batch), args.threads, args.seed, args.min_time,
+                          args.max_time).resolved()
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    out = default_out_dir() if args.out is None else Path(args.out)
+    if out.exists():
+        raise UsageError(f"results folder {out} already exists; choose another --out")
+    meta = {"benchmark": bench.declaration(), "machine": machine_info(bench.threads)}
+    t0 = time.perf_counter()
+    rows = bench.run(progress=not args.no_progress)
+    meta["run"] = {"elapsed_s": round(time.perf_counter() - t0, 1),
+                   "load_average_1min_end": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+                   "other_runnable_end": other_runnable()}
+    render_tables(rows, meta, console)
+    path = write_results(rows, meta, out, plot=not args.no_plot)
+    files = ", ".join(sorted(p.name for p in path.iterdir()))
+    console.print(f"results: {path}/ ({files}); sweep took {meta['run']['elapsed_s']:.0f} s")
+    bad = [r for r in rows if r["status"] != "ok" and r["status"] != "unsupported"]
+    if bad:
+        console.print(f"[bold red]{len(bad)} row(s) with a kernel output mismatch or error "
+                      "(see the status column); exit code 1[/]")
+        return 1
+    return 0

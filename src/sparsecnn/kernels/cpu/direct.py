@@ -1,0 +1,389 @@
+"""Direct sparse convolution on the CPU (Numba + explicit AVX-512 register blocking).
+
+Algorithm (Park et al. 2017, "Faster CNNs with direct sparse convolutions and guided pruning",
+ICLR; the same data layout as Escoin, Chen 2018):
+
+1. The weight's CSR column indices are rewritten once per input geometry into offsets into the
+   prepared input (:class:`~sparsecnn.formats.direct.DirectConvCSR`, cached per weight object
+   and geometry).
+2. Per call, the input is copied once into a flat float32 buffer: padded, and for stride > 1
+   split into ``sh * sw`` phase planes (space-to-depth), so that every tap of every stride is a
+   stride-1 read.
+3. Each output channel's plane is computed over the padded row width ``Wph`` as one contiguous
+   range ``[0, OH * Wph)``, cut into tiles of ``NV`` vectors of 16 floats. For a tile, the loop
+   over the channel's nonzeros keeps the ``NV`` accumulators in zmm registers
+   (:mod:`sparsecnn.kernels.cpu._simd`): one broadcast, ``NV`` unaligned loads and ``NV`` FMAs
+   per nonzero. Bias initialises the accumulators; ReLU is applied when the tile is stored into
+   the ``(N, K, OH, OW)`` output (the ``Wph - OW`` junk columns are dropped there).
+4. Threads (``prange``) take work items ``(image, chunk of output channels, group of tiles)``;
+   output-channel chunks are balanced by nnz with :func:`partition_rows`. Inside an item tiles
+   are the outer loop and channels the inner one, so a tile's input window is reused from cache
+   across channels. Input channels may be blocked (``cblock``) so the slice of input a block's
+   nonzeros read stays in L1; partial sums then live in a small scratch buffer.
+
+Tiny problems (a few microseconds of work) run single-threaded: waking threads would cost more.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+
+import numba
+import numpy as np
+import torch
+from numba import njit, prange
+
+from ...formats.direct import DirectConvCSR
+from ..registry import Kernel, register
+from ._simd import NV_MAX, VEC, fma_tile, vcopy, vfill
+
+__all__ = ["conv2d_direct", "partition_rows", "prepare", "plan"]
+
+# Work (in 16-wide FMAs) below which a call runs on one thread.
+SERIAL_WORK = 40_000
+# Input-channel blocking: aim for this many bytes of input per channel block (L1 is 48 KiB).
+L1_BYTES = 32 * 1024
+
+# prm indices (int64 geometry/plan vector passed to the jitted functions)
+(_SH, _SW, _PH, _PW, _HPH, _WPH, _PLANE, _NPHASE, _IMG, _OH, _OW, _K, _NV, _TL, _NT, _NB,
+ _NKC, _NTG, _SCI, _L) = range(20)
+_NPRM = 20
+
+
+# --------------------------------------------------------------------------------------------
+# load balance
+# --------------------------------------------------------------------------------------------
+def partition_rows(rowptr, nparts: int, row_cost: float = 1.0) -> np.ndarray:
+    """Split rows (output channels) into ``nparts`` contiguous chunks of balanced work.
+
+    The work of row ``k`` is its nnz plus ``row_cost`` (the fixed cost of initialising and
+    storing a row, in units of one nonzero), so even an all-zero weight is split evenly. Chunk
+    ``p`` is rows ``[b[p], b[p+1])`` of the returned boundaries ``b``; each boundary is placed
+    where the cumulative work first reaches ``p / nparts`` of the total (chunks may be empty
+    when ``nparts`` exceeds the rows).
+
+    Parameters
+    ----------
+    rowptr : array_like (nrows + 1,) int
+        CSR row pointer.
+    nparts : int
+        Number of chunks, >= 1 (usually the thread count).
+    row_cost : float
+        Work of a row besides its nonzeros, >= 0.
+
+    Returns
+    -------
+    numpy.ndarray (nparts + 1,) int64
+        Non-decreasing boundaries with ``b[0] == 0`` and ``b[-1] == nrows``.
+
+    Raises
+    ------
+    ValueError
+        If ``nparts < 1``, ``row_cost < 0`` or ``rowptr`` is not a 1-D non-decreasing array.
+    """
+    if isinstance(nparts, bool) or int(nparts) != nparts or nparts < 1:
+        raise ValueError(f"nparts must be a positive int, got {nparts!r}")
+    if row_cost < 0:
+        raise ValueError(f"row_cost must be >= 0, got {row_cost}")
+    rp = np.asarray(rowptr, dtype=np.int64)
+    if rp.ndim != 1 or rp.size < 1 or (np.diff(rp) < 0).any():
+        raise ValueError("rowptr must be a 1-D non-decreasing array of length nrows + 1")
+    nrows = rp.size - 1
+    cum = (rp - rp[0]).astype(np.float64) + row_cost * np.arange(nrows + 1)
+    total = cum[-1]
+    if total <= 0:
+        return np.linspace(0, nrows, int(nparts) + 1).round().astype(np.int64)
+    targets = total * np.arange(1, int(nparts)) / nparts
+    # boundary after the row whose cumulative work is nearest the target
+    idx = np.searchsorted(cum, targets, side="left")
+    lo = np.clip(idx - 1, 0, nrows)
+    hi = np.clip(idx, 0, nrows)
+    pick = np.where(np.abs(cum[lo] - targets) <= np.abs(cum[hi] - targets), lo, hi)
+    b = np.concatenate(([0], np.maximum.accumulate(pick), [nrows])).astype(np.int64)
+    return b
+
+
+# --------------------------------------------------------------------------------------------
+# jitted bodies (compute only)
+# --------------------------------------------------------------------------------------------
+@njit(cache=True, nogil=True)
+def _prepare_input(i, x, xbuf, prm, C, H, W):
+    """Copy channel ``i = n * C + c`` of ``x`` (flat NCHW) into its padded phase planes."""
+    sh, sw, ph, pw = prm[_SH], prm[_SW], prm[_PH], prm[_PW]
+    hph, wph, plane, nphase = prm[_HPH], prm[_WPH], prm[_PLANE], prm[_NPHASE]
+    src0 = i * H * W
+    n = i // C
+    c = i - n * C
+    dst0 = n * prm[_IMG] + c * nphase * plane
+    vfill(xbuf, dst0, nphase * plane, 0.0)
+    if c == C - 1:  # the alignment gap at the end of the image
+        vfill(xbuf, dst0 + nphase * plane, prm[_IMG] - C * nphase * plane, 0.0)
+    if sh == 1 and sw == 1:
+        # padded rows: Hph = H + 2 ph, Wph = W + 2 pw (stride 1)
+        for iy in range(H):
+            vcopy(xbuf, dst0 + (iy + ph) * wph + pw, x, src0 + iy * W, W, False)
+        return
+    for py in range(sh):
+        for px in range(sw):
+            d = dst0 + (py * sw + px) * plane
+            # columns xx whose input column ix = xx*sw + px - pw lies in [0, W)
+            lo = -((px - pw) // sw)
+            if lo < 0:
+                lo = 0
+            hi = (W - 1 + pw - px) // sw + 1 if W - 1 + pw - px >= 0 else 0
+            if hi > wph:
+                hi = wph
+            if hi <= lo:
+                continue
+            for yy in range(hph):
+                iy = yy * sh + py - ph
+                if iy < 0 or iy >= H:
+                    continue
+                row = d + yy * wph
+                s = src0 + iy * W + lo * sw + px - pw
+                for t in range(hi - lo):
+                    xbuf[row + lo + t] = x[s + t * sw]
+
+
+@njit(cache=True, nogil=True)
+def _compute_item(it, xbuf, prm, offs, vals, blkptr, bias, out, kb, tb, sc, masks, opos, relu):
+    """Work item ``it`` = (image, output-channel chunk, tile group)."""
+    nkc, ntg = prm[_NKC], prm[_NTG]
+    n = it // (nkc * ntg)
+    rem = it - n * nkc * ntg
+    kc = rem // ntg
+    tg = rem - kc * ntg
+    k0, k1 = kb[kc], kb[kc + 1]
+    nv, tl, nb = prm[_NV], prm[_TL], prm[_NB]
+    plane_out = prm[_OH] * prm[_OW]
+    obase = n * prm[_K] * plane_out
+    store = 6 if relu else 2
+    scb = it * prm[_SCI]
+    xb = n * prm[_IMG]
+    nb1 = nb + 1
+    for t in range(tb[tg], tb[tg + 1]):
+        xt = xb + t * tl
+        mb = t * nv
+        if nb == 1:
+            for k in range(k0, k1):
+                fma_tile(nv, xbuf, xt, offs, vals, blkptr[2 * k], blkptr[2 * k + 1], sc, scb,
+                         bias[k], out, obase + k * plane_out, masks, opos, mb, store)
+        else:
+            for blk in range(nb):
+                fl = 0 if blk == 0 else 1
+                if blk == nb - 1:
+                    fl |= store
+                for k in range(k0, k1):
+                    fma_tile(nv, xbuf, xt, offs, vals, blkptr[k * nb1 + blk],
+                             blkptr[k * nb1 + blk + 1], sc, scb + (k - k0) * tl, bias[k], out,
+                             obase + k * plane_out, masks, opos, mb, fl)
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _run_parallel(x, xbuf, prm, C, H, W, N, offs, vals, blkptr, bias, out, kb, tb, sc, masks, opos, nitems,
+                  relu):
+    for i in prange(N * C):
+        _prepare_input(i, x, xbuf, prm, C, H, W)
+    for it in prange(nitems):
+        _compute_item(it, xbuf, prm, offs, vals, blkptr, bias, out, kb, tb, sc, masks, opos,
+                      relu)
+
+
+@njit(cache=True, nogil=True)
+def _run_serial(x, xbuf, prm, C, H, W, N, offs, vals, blkptr, bias, out, kb, tb, sc, masks, opos, nitems,
+                  relu):
+    for i in range(N * C):
+        _prepare_input(i, x, xbuf, prm, C, H, W)
+    for it in range(nitems):
+        _compute_item(it, xbuf, prm, offs, vals, blkptr, bias, out, kb, tb, sc, masks, opos,
+                      relu)
+
+
+# --------------------------------------------------------------------------------------------
+# preparation (cached) and planning
+# --------------------------------------------------------------------------------------------
+_CACHE_LOCK = threading.Lock()
+_PREPARED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_MAX_PER_WEIGHT = 16
+_TLS = threading.local()
+
+
+def _choose_cblock(cg: int, nphase: int, plane: int) -> int:
+    """Input channels per cache block: all of them unless the per-image input is large."""
+    per_ch = nphase * plane * 4
+    if cg * per_ch <= 4 * L1_BYTES:
+        return cg
+    return int(max(1, L1_BYTES // per_ch))
+
+
+def prepare(weight, in_shape, stride, padding, dilation, groups, cblock=None) -> DirectConvCSR:
+    """The :class:`DirectConvCSR` of ``weight`` for this geometry, built once and cached.
+
+    The cache is keyed on the weight object (weakly: it dies with the weight) and the geometry;
+    a weight's arrays must not be modified in place after its first use.
+    """
+    key = (tuple(in_shape)[-3:], tuple(stride), tuple(padding), tuple(dilation), int(groups),
+           cblock)
+    with _CACHE_LOCK:
+        per = _PREPARED.get(weight)
+        if per is not None:
+            d = per.get(key)
+            if d is not None:
+                return d
+    c, h, w = key[0]
+    if cblock is None:
+        k, cg, r, s = weight.shape
+        sh, sw = stride
+        oh = (h + 2 * padding[0] - dilation[0] * (r - 1) - 1) // sh + 1
+        ow = (w + 2 * padding[1] - dilation[1] * (s - 1) - 1) // sw + 1
+        hph = oh + (r - 1) * dilation[0] // sh
+        wph = ow + (s - 1) * dilation[1] // sw
+        cblock = _choose_cblock(cg, sh * sw, hph * wph)
+    d = DirectConvCSR.from_csr(weight, key[0], stride, padding, dilation, groups, cblock)
+    d._plans = {}
+    with _CACHE_LOCK:
+        per = _PREPARED.setdefault(weight, {})
+        if len(per) >= _MAX_PER_WEIGHT:
+            per.pop(next(iter(per)))
+        per[key] = d
+    return d
+
+
+class _Plan:
+    """Tiles, work items and buffers sizes for one (prepared weight, batch, threads)."""
+
+    __slots__ = ("prm", "kb", "tb", "nitems", "buf_len", "sc_len", "parallel", "nv", "ntiles",
+                 "masks", "opos")
+
+    def __init__(self, d: DirectConvCSR, n: int, nthreads: int):
+        k = d.shape[0]
+        oh, ow = d.out_hw
+        hph, wph = d.phase_hw
+        L = oh * wph
+        ntiles = -(-L // (VEC * NV_MAX))
+        nv = -(-L // (VEC * ntiles))
+        tl = VEC * nv
+        nnz = d.nnz
+        work = n * (nnz + k) * ntiles * nv + n * d.image_stride // VEC
+        parallel = nthreads > 1 and work >= SERIAL_WORK
+        t = nthreads if parallel else 1
+        if n >= t:
+            nkc, ntg = 1, 1
+        elif ntiles >= 2 * t:
+            nkc, ntg = 1, t
+        else:
+            nkc, ntg = t, 1
+        kb = partition_rows(d.rowptr, nkc, row_cost=max(1.0, d.nblocks))
+        tb = np.linspace(0, ntiles, ntg + 1).round().astype(np.int64)
+        chunk = int(np.diff(kb).max()) if k else 1
+        sci = tl if d.nblocks == 1 else tl * max(chunk, 1)
+        nitems = n * nkc * ntg
+        prm = np.zeros(_NPRM, dtype=np.int64)
+        prm[_SH], prm[_SW] = d.stride
+        prm[_PH], prm[_PW] = d.padding
+        prm[_HPH], prm[_WPH] = d.phase_hw
+        prm[_PLANE], prm[_NPHASE], prm[_IMG] = d.plane, d.nphase, d.image_stride
+        prm[_OH], prm[_OW], prm[_K] = oh, ow, k
+        prm[_NV], prm[_TL], prm[_NT], prm[_NB] = nv, tl, ntiles, d.nblocks
+        prm[_NKC], prm[_NTG], prm[_SCI], prm[_L] = nkc, ntg, sci, L
+        self.prm, self.kb, self.tb, self.nitems = prm, kb, tb, nitems
+        # the last tile of the last image reads up to max_offset + ntiles * tl + 16 floats
+        # past its base (one aligned vector beyond the tile, see _simd.fma_tile)
+        self.buf_len = max(n * d.image_stride, (n - 1) * d.image_stride + d.max_offset
+                           + ntiles * tl) + 2 * VEC
+        self.sc_len = nitems * sci
+        self.parallel, self.nv, self.ntiles = parallel, nv, ntiles
+        # per 16-lane vector of the padded-width plane: which lanes are real outputs (bit mask)
+        # and where the first of them goes in the (OH, OW) output plane
+        lane = np.arange(ntiles * tl, dtype=np.int64)
+        valid = (lane < L) & (lane % wph < ow)
+        bits = (valid.reshape(-1, VEC).astype(np.int64) << np.arange(VEC)).sum(axis=1)
+        self.masks = bits.astype(np.int32)
+        before = np.concatenate(([0], np.cumsum(valid)))[::VEC][:-1]
+        self.opos = before.astype(np.int32)
+
+
+def plan(d: DirectConvCSR, n: int, nthreads: int | None = None) -> _Plan:
+    """The (cached) execution plan of prepared weight ``d`` at batch ``n`` and ``nthreads``."""
+    t = numba.get_num_threads() if nthreads is None else int(nthreads)
+    key = (n, t)
+    p = d._plans.get(key)
+    if p is None:
+        p = _Plan(d, n, t)
+        d._plans[key] = p
+    return p
+
+
+def _workspace(name: str, size: int) -> np.ndarray:
+    """A reusable per-thread float32 buffer of at least ``size`` elements, 64-byte aligned."""
+    ws = getattr(_TLS, "ws", None)
+    if ws is None:
+        ws = _TLS.ws = {}
+    a = ws.get(name)
+    if a is None or a.size < size:
+        raw = np.empty(max(size, 1) + VEC, dtype=np.float32)
+        start = (-(raw.ctypes.data // 4)) % VEC
+        a = raw[start:start + max(size, 1)]
+        ws[name] = a
+    return a
+
+
+def _bias_array(bias, k: int, d: DirectConvCSR) -> np.ndarray:
+    if bias is None:
+        z = getattr(d, "_zero_bias", None)
+        if z is None:
+            z = d._zero_bias = np.zeros(k, dtype=np.float32)
+        return z
+    return bias.numpy()
+
+
+# --------------------------------------------------------------------------------------------
+# kernel entry point
+# --------------------------------------------------------------------------------------------
+def conv2d_direct(x, weight, bias, stride, padding, dilation, groups, relu):
+    """Direct sparse convolution of ``x`` with a CSR weight (registered as kernel ``"direct"``).
+
+    Parameters
+    ----------
+    x : torch.Tensor (N, C, H, W) float32, contiguous, CPU
+    weight : CSRWeight (or a subclass / padded CSR with ``rowptr``, ``colidx``, ``values``)
+        ``(K, C/groups, R, S)``.
+    bias : torch.Tensor (K,) float32 or None
+    stride, padding, dilation : pair of int
+    groups : int
+    relu : bool
+        Fuse a ReLU into the output store.
+
+    Returns
+    -------
+    torch.Tensor (N, K, OH, OW) float32
+
+    Notes
+    -----
+    Arguments are validated by :func:`sparsecnn.conv2d`; this function trusts them. The first
+    call per (weight, input geometry) rewrites the weight (:func:`prepare`); later calls reuse it.
+    """
+    n, c, h, w = x.shape
+    d = prepare(weight, (c, h, w), stride, padding, dilation, groups)
+    p = plan(d, n)
+    k = d.shape[0]
+    oh, ow = d.out_hw
+    out = torch.empty((n, k, oh, ow), dtype=torch.float32)
+    xbuf = _workspace("x", p.buf_len)
+    sc = _workspace("sc", p.sc_len)
+    # zero the slack after the last image (read only by discarded junk columns)
+    tail = n * d.image_stride
+    xbuf[tail:p.buf_len] = 0.0
+    run = _run_parallel if p.parallel else _run_serial
+    run(x.view(-1).numpy(), xbuf, p.prm, c, h, w, n, d.offsets, d.values, d.blkptr,
+        _bias_array(bias, k, d), out.view(-1).numpy(), p.kb, p.tb, sc, p.masks, p.opos, p.nitems,
+        bool(relu))
+    return out
+
+
+register(Kernel(
+    "direct", "conv2d", conv2d_direct, formats=("csr", "unified_csr"),
+    description="direct sparse convolution (Park et al. 2017): CSR offsets into the padded / "
+                "phase-split input, AVX-512 register-blocked FMAs, threads balanced by nnz",
+))
