@@ -12,7 +12,7 @@ import importlib
 import sys
 
 # Subcommand modules, in the order ``sparsecnn --help`` lists them.
-COMMANDS: tuple[str, ...] = ("bench",)
+COMMANDS: tuple[str, ...] = ("bench", "optimize")
 
 
 class UsageError(Exception):
