@@ -1,0 +1,73 @@
+"""``sparsecnn optimize``: train/load -> prune -> sparsify + tune -> verify -> benchmark -> report.
+
+Thin wrapper over :func:`sparsecnn.pipeline.optimize`; with no arguments it runs the embedded
+default (SmallCNN on the 8x8 digits, 90 % sparse) in a few minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _sparsity(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"sparsity must be a number in [0, 1), got {text!r}") from None
+    return v  # range checked by the pipeline (ValueError -> exit 2 with one line)
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    from ..models import NAMES
+    from ..pipeline import DEFAULT_OUT, METHODS
+    p = subparsers.add_parser(
+        "optimize", help="prune, sparsify, tune and benchmark a model (default: SmallCNN on digits)",
+        description="Train or load a model, prune it, convert it to sparse kernels (tuned per "
+                    "layer), verify it against the pruned dense model, time it against dense "
+                    "PyTorch, and write a results folder.")
+    p.add_argument("--model", default="smallcnn", choices=NAMES, help="model (default smallcnn)")
+    p.add_argument("--weights", metavar="FILE", help="checkpoint (.th/.pt state dict)")
+    p.add_argument("--data", metavar="NPZ", help="evaluation images (npz: images uint8 (N,3,H,W), labels)")
+    p.add_argument("--train-data", metavar="NPZ", help="fine-tuning images (same npz format)")
+    p.add_argument("--onnx", metavar="FILE", help="import the model from ONNX (onnx2torch)")
+    p.add_argument("--export-onnx", metavar="FILE", help="write the pruned dense model to ONNX")
+    p.add_argument("--sparsity", type=_sparsity, default=0.9,
+                   help="target sparsity of the pruned layers, in [0, 1) (0: weights as given)")
+    p.add_argument("--method", default="magnitude", choices=METHODS, help="pruning method")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="fine-tuning epochs (default 15 for smallcnn, else 0 = one-shot)")
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 64], metavar="B")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--format", default="csr", help="sparse weight format (default csr)")
+    p.add_argument("--no-tune", action="store_true", help="heuristic kernel choice, no measuring")
+    p.add_argument("--time", type=float, default=1.0, dest="time_s",
+                   help="seconds of timed end-to-end runs per batch size")
+    p.add_argument("--out", default=DEFAULT_OUT, help=f"results parent folder (default {DEFAULT_OUT})")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args) -> int:
+    from rich.console import Console
+
+    from ..pipeline import optimize, print_summary
+    console = Console(stderr=True)
+    try:
+        result = _optimize(args, optimize, console)
+    except (ValueError, TypeError, FileNotFoundError) as exc:
+        # one line for the user (some library messages span lines): same type, whitespace folded
+        msg = " ".join(str(exc).split())
+        base = FileNotFoundError if isinstance(exc, FileNotFoundError) else \
+            TypeError if isinstance(exc, TypeError) else ValueError
+        raise base(msg) from exc
+    print_summary(result, Console())
+    return 0
+
+
+def _optimize(args, optimize, console):
+    return optimize(args.model, weights=args.weights, data=args.data, train_data=args.train_data,
+                    sparsity=args.sparsity, method=args.method, epochs=args.epochs,
+                    batch_sizes=args.batch_sizes, threads=args.threads, format=args.format,
+                    onnx=args.onnx, export_onnx=args.export_onnx, out_dir=args.out,
+                    tune=not args.no_tune, seed=args.seed, time_s=args.time_s, console=console)
