@@ -8,6 +8,7 @@ import torch
 import sparsecnn
 from sparsecnn.formats import FORMATS
 from sparsecnn.kernels import registry
+from sparsecnn.prune.masks import nm_mask
 
 SPARSITIES = (0.0, 0.5, 0.9, 0.99, 0.999)
 
@@ -39,9 +40,12 @@ def sparse_weight(shape, sparsity: float, gen: torch.Generator) -> torch.Tensor:
 
 def build_weight(w: torch.Tensor, fmt: str):
     """``(weight to pass, dense reference weight)``: the reference is the format's own dense view,
-    so that lossy formats (e.g. N:M keeping the largest values) are compared with what they store."""
+    so that every format is compared with what it stores. For ``"nm"`` the weight is first pruned
+    to the 2:4 pattern (``sparsecnn.prune.masks.nm_mask``), which N:M storage requires."""
     if fmt == "dense":
         return w, w
+    if fmt == "nm":  # N:M needs the pattern: keep the 2 largest |w| of every 4 columns
+        w = w * nm_mask(w, 2, 4)
     sw = sparsecnn.to_sparse(w, fmt)
     assert tuple(sw.shape) == tuple(w.shape)
     return sw, sw.to_dense().to(torch.float32)

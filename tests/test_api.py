@@ -53,3 +53,12 @@ def test_registry_lists_dense():
     assert "dense" in registry.names("linear")
     with pytest.raises(ValueError, match="registered"):
         registry.get("conv2d", "missing")
+
+
+def test_shape_errors_name_both_shapes():
+    ws = sparsecnn.to_sparse(torch.randn(6, 4, 3, 3), "csr")
+    with pytest.raises(ValueError, match=r"\(6, 4, 3, 3\).*\(1, 5, 9, 9\)"):
+        sparsecnn.conv2d(torch.randn(1, 5, 9, 9), ws)
+    wl = sparsecnn.to_sparse(torch.randn(3, 4), "csr")
+    with pytest.raises(ValueError, match=r"\(2, 5\).*\(3, 4\)"):
+        sparsecnn.linear(torch.randn(2, 5), wl)

@@ -331,12 +331,20 @@ def test_evaluate_and_empty_loader():
 
 
 def test_smallcnn_digits_recipe_accuracy():
-    torch.set_num_threads(2)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny model: one thread is as fast and robust to a busy machine
+    try:
+        _digits_recipe_checks()
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _digits_recipe_checks():
     dense = prune.recipes.run_recipe(prune.recipes.smallcnn_digits(final_sparsity=0.0),
                                      progress=False)
     assert dense["top1"] >= 0.97
     res = prune.recipes.run_recipe(prune.recipes.smallcnn_digits(), progress=False)
-    assert res["finished"] and res["top1"] >= 0.95
+    assert res["finished"] and res["top1"] >= 0.96
     assert res["pruned_sparsity"] == pytest.approx(0.8, abs=2e-3)
 
 
@@ -382,3 +390,10 @@ def test_recipes_are_consistent():
     assert set(prune.recipes.RECIPES) >= {"resnet20_cifar_90", "smallcnn_digits"}
     with pytest.raises(ValueError, match="dataset"):
         prune.recipes.run_recipe(prune.recipes.smallcnn_digits(dataset="mnist"), progress=False)
+
+
+def test_resnet20_recipes_scopes():
+    assert prune.recipes.resnet20_cifar_90().scope == "global"
+    uni = prune.recipes.resnet20_cifar_90_uniform()
+    assert uni.scope == "layer" and uni.epochs == prune.recipes.resnet20_cifar_90().epochs
+    assert prune.recipes.resnet20_cifar_90_uniform(seed=3).seed == 3

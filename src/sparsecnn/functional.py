@@ -159,8 +159,8 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
         raise ValueError(f"groups={groups} must divide input channels C={c} and output channels K={k}")
     if cg * groups != c:
         raise ValueError(
-            f"weight expects {cg * groups} input channels (C/groups={cg} x groups={groups}), "
-            f"input has C={c}"
+            f"weight of shape {tuple(w_shape)} expects {cg * groups} input channels "
+            f"(C/groups={cg} x groups={groups}), input of shape {tuple(x.shape)} has C={c}"
         )
     stride = _pair(stride, "stride", 1)
     dilation = _pair(dilation, "dilation", 1)
@@ -222,7 +222,10 @@ def linear(x, weight, bias=None, *, algo: str = "auto", relu: bool = False) -> t
     _check_dense_weight(weight, x)
     out_f, in_f = w_shape
     if x.shape[-1] != in_f:
-        raise ValueError(f"input has {x.shape[-1]} features in its last dimension, weight expects {in_f}")
+        raise ValueError(
+            f"input of shape {tuple(x.shape)} has {x.shape[-1]} features in its last dimension, "
+            f"weight of shape {tuple(w_shape)} expects {in_f}"
+        )
     bias = _check_bias(bias, x, out_f)
     lead = x.shape[:-1]
     x2 = x.reshape(math.prod(lead), in_f).contiguous()

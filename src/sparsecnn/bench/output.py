@@ -60,10 +60,24 @@ def _git_commit() -> str | None:
         return None
 
 
+def _own_running_threads() -> int:
+    """Threads of this process in state R (running), from /proc/self/task/*/stat."""
+    n = 0
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            stat = (task / "stat").read_text()
+        except OSError:
+            continue
+        if stat[stat.rindex(")") + 2:].startswith("R"):
+            n += 1
+    return n
+
+
 def other_runnable(samples: int = 5, interval_s: float = 0.05) -> int | None:
-    """Most processes runnable besides this one over a few samples of /proc/loadavg
-    (field 4, ``running/total``); None where unavailable. A non-zero value means something
-    else is using the CPUs while we time."""
+    """Most runnable threads of *other* processes over a few samples: /proc/loadavg's running
+    count (field 4, ``running/total``) minus this process's running threads (an OpenMP pool
+    spinning after a parallel region counts as running). None where /proc is unavailable.
+    A non-zero value means something else used the CPUs while we timed."""
     import time
 
     most = None
@@ -71,9 +85,10 @@ def other_runnable(samples: int = 5, interval_s: float = 0.05) -> int | None:
         try:
             with open("/proc/loadavg", encoding="ascii") as f:
                 running = int(f.read().split()[3].split("/")[0])
+            own = _own_running_threads()
         except (OSError, ValueError, IndexError):
             return None
-        most = max(most or 0, running - 1)
+        most = max(most or 0, running - max(own, 1))
         if i + 1 < samples:
             time.sleep(interval_s)
     return most
@@ -87,7 +102,7 @@ def machine_info(threads: int) -> dict:
 
     import sparsecnn
 
-    onednn = re.search(r"oneDNN v[\d.]+", torch.__config__.show())
+    onednn = re.search(r"(?:oneDNN|MKL-DNN) (v[\d.]+)", torch.__config__.show())
     return {
         "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "cpu_model": cpu_model(),
@@ -100,7 +115,7 @@ def machine_info(threads: int) -> dict:
         "platform": platform.platform(),
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "onednn": onednn.group(0) if onednn else None,
+        "onednn": f"oneDNN {onednn.group(1)}" if onednn else None,
         "numba": numba.__version__,
         "numpy": numpy.__version__,
         "sparsecnn": sparsecnn.__version__,

@@ -28,26 +28,26 @@ def add_parser(subparsers) -> None:
             "process, on layers of AlexNet / VGG-16 / ResNet-50 / ResNet-20 with random "
             "unstructured magnitude-pruned weights (seeded). Prints a table; writes bench.csv, "
             "bench.json and speedup.png/.svg to a results folder."),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--suite", default=DEFAULT_SUITE, metavar="SUITE",
-                   help=f"layer suite: {', '.join(SUITES)}")
+                   help=f"layer suite: {', '.join(SUITES)} (default: %(default)s)")
     p.add_argument("--layers", nargs="+", metavar="NAME",
                    help="layer names (override --suite); see --list")
     p.add_argument("--sparsity", "--sparsities", dest="sparsities", nargs="+", type=float,
-                   default=list(DEFAULT_SPARSITIES), metavar="S", help="sparsities in [0, 1)")
+                   default=list(DEFAULT_SPARSITIES), metavar="S", help="sparsities in [0, 1) (default: %(default)s)")
     p.add_argument("--batch", nargs="+", type=int, default=list(DEFAULT_BATCHES), metavar="N",
-                   help="batch sizes")
+                   help="batch sizes (default: %(default)s)")
     p.add_argument("--threads", type=int, default=DEFAULT_THREADS,
-                   help="torch and numba threads")
+                   help="torch and numba threads (default: %(default)s)")
     p.add_argument("--kernels", nargs="+", metavar="NAME",
                    help="sparse conv2d kernels to time (dense is always timed); default: every "
                         "registered kernel that accepts CSR")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random weights and inputs")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights and inputs (default: 0)")
     p.add_argument("--min-time", type=float, default=DEFAULT_MIN_TIME,
-                   help="seconds of timed calls per measurement before it may stop")
+                   help="seconds of timed calls per provider and case before it may stop "
+                        "(default: %(default)s)")
     p.add_argument("--max-time", type=float, default=DEFAULT_MAX_TIME,
-                   help="maximum seconds per measurement")
+                   help="maximum seconds of timed calls per provider and case (default: %(default)s)")
     p.add_argument("--out", metavar="DIR",
                    help="results folder (must not exist); default sparsecnn-results/bench-<timestamp>")
     p.add_argument("--no-plot", action="store_true", help="skip speedup.png/.svg")

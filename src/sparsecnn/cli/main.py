@@ -12,7 +12,7 @@ import importlib
 import sys
 
 # Subcommand modules, in the order ``sparsecnn --help`` lists them.
-COMMANDS: tuple[str, ...] = ("bench", "optimize")
+COMMANDS: tuple[str, ...] = ("optimize", "bench", "report")
 
 
 class UsageError(Exception):

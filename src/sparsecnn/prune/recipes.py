@@ -4,8 +4,9 @@ A :class:`Recipe` is plain data; :func:`run_recipe` executes it (resumable throu
 so a long recipe can run in slices) and returns the pruned model with its measured accuracy.
 
 - :func:`resnet20_cifar_90`: the published CIFAR-10 ResNet-20 (91.73 % on the 846-image test
-  subset), conv layers pruned to 90 % on the 4660-image training subset, with knowledge
-  distillation from the dense model.
+  subset), conv layers pruned to 90 % (global magnitude) on the 4660-image training subset, with
+  knowledge distillation from the dense model: 89.24 %.
+- :func:`resnet20_cifar_90_uniform`: the same with every conv layer at exactly 90 %: 88.65 %.
 - :func:`smallcnn_digits`: the embedded default, a small CNN trained from scratch on 8x8 digits
   and pruned to 80 % (seconds on a laptop).
 """
@@ -83,34 +84,49 @@ class Recipe:
 
 
 def resnet20_cifar_90(**changes) -> Recipe:
-    """ResNet-20 (published weights), every conv layer magnitude-pruned to 90 % per layer.
+    """ResNet-20 (published weights), conv layers magnitude-pruned to 90 % in all (global).
 
-    AGP from 0 to 90 % over the first 60 % of 40 epochs on the 4660-image CIFAR-10 training
-    subset (mask recomputed twice per epoch), SGD lr 0.02 cosine, weight decay 5e-4, batch 128, random crop + flip, distillation
-    from the dense model (alpha 0.9, T 4). Every conv layer, the first included, ends at exactly
-    90 % (uniform per layer, which suits the sparse kernels); the classifier (640 weights) stays
-    dense. Measured: 91.73 % -> see docs/pipeline.md (>= 88 % on the 846-image test subset).
-    Keyword arguments override fields.
+    One magnitude threshold over all 19 conv layers (the first included), so the conv weights
+    are exactly 90 % zero in total while single layers range from ~50 % (``conv1``) to ~99 %; the
+    classifier (640 weights) stays dense. AGP from 0 to 90 % over the first 60 % of 40 epochs on
+    the 4660-image CIFAR-10 training subset (masks recomputed twice per epoch), SGD lr 0.02
+    (Nesterov, cosine per step), weight decay 5e-4, batch 128, random crop + flip, knowledge
+    distillation from the dense model (alpha 0.9, T 4).
+
+    Measured (seed 0, 2 CPU threads, 382 s): 91.73 % -> 89.24 % top-1 on the 846-image test
+    subset. Keyword arguments override fields.
     """
     base = Recipe(model="resnet20", weights="resnet20-12fca82f.th", dataset="cifar10_subsets",
-                  final_sparsity=0.9, scope="layer", prune_linear=False, skip_first_conv=False,
+                  final_sparsity=0.9, scope="global", prune_linear=False, skip_first_conv=False,
                   epochs=40, batch_size=128, lr=0.02, weight_decay=5e-4, prune_start=0.0,
                   prune_end=0.6, prunes_per_epoch=2, kd_alpha=0.9, kd_temperature=4.0,
                   augment=True, seed=0)
     return base.replace(**changes)
 
 
+def resnet20_cifar_90_uniform(**changes) -> Recipe:
+    """As :func:`resnet20_cifar_90`, but every conv layer pruned to exactly 90 % (per-layer
+    threshold): uniform sparsity, the best case for the sparse kernels, slightly less accurate.
+
+    Measured: 88.65 % (seed 0) and 88.06 % (seed 1) top-1 on the 846-image test subset.
+    """
+    return resnet20_cifar_90(scope="layer").replace(**changes)
+
+
 def smallcnn_digits(**changes) -> Recipe:
     """SmallCNN trained from scratch on 8x8 digits, conv + linear pruned to 80 % (AGP between
-    20 % and 60 % of 15 epochs, lr 0.05, batch 64). Runs in seconds."""
+    20 % and 60 % of 15 epochs, lr 0.02, batch 64). Runs in about 2 s on 2 threads; measured
+    98.3 % dense and 97.5 % pruned top-1 on the 360 test digits (1 or 2 threads)."""
     base = Recipe(model="smallcnn", weights=None, dataset="digits", final_sparsity=0.8,
-                  scope="layer", prune_linear=True, epochs=15, batch_size=64, lr=0.05,
+                  scope="layer", prune_linear=True, epochs=15, batch_size=64, lr=0.02,
                   weight_decay=5e-4, prune_start=0.2, prune_end=0.6, prunes_per_epoch=2,
                   kd_alpha=0.0, augment=False, seed=0)
     return base.replace(**changes)
 
 
-RECIPES = {"resnet20_cifar_90": resnet20_cifar_90, "smallcnn_digits": smallcnn_digits}
+RECIPES = {"resnet20_cifar_90": resnet20_cifar_90,
+           "resnet20_cifar_90_uniform": resnet20_cifar_90_uniform,
+           "smallcnn_digits": smallcnn_digits}
 
 
 def _datasets(name: str):

@@ -97,6 +97,7 @@ def _atomic_save(obj, path: Path) -> None:
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a saved model should be readable like any file
         torch.save(obj, tmp)
         os.replace(tmp, path)
     except BaseException:

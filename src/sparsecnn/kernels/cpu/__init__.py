@@ -2,5 +2,6 @@
 
 from . import direct  # noqa: F401  (registers "direct" conv2d)
 from . import im2col_spmm, linear  # noqa: F401  (register "im2col_spmm", "spmv", "spmm")
+from . import structured  # noqa: F401  (registers "im2col_bsr" conv2d, "nm" linear)
 
 __all__: list[str] = []

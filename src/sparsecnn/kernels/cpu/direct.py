@@ -42,8 +42,11 @@ __all__ = ["conv2d_direct", "partition_rows", "prepare", "plan"]
 
 # Work (in 16-wide FMAs) below which a call runs on one thread.
 SERIAL_WORK = 40_000
-# Input-channel blocking: aim for this many bytes of input per channel block (L1 is 48 KiB).
-L1_BYTES = 32 * 1024
+# Input-channel blocking: bytes of input per channel block (L1d is 48 KiB; 64 KiB measured best
+# on AlexNet conv4, the tail of a block being read while the next starts), and the fewest
+# nonzeros per (row, block) for blocking to pay.
+L1_BLOCK_BYTES = 64 * 1024
+MIN_BLOCK_NNZ = 16
 
 # prm indices (int64 geometry/plan vector passed to the jitted functions)
 (_SH, _SW, _PH, _PW, _HPH, _WPH, _PLANE, _NPHASE, _IMG, _OH, _OW, _K, _NV, _TL, _NT, _NB,
@@ -209,12 +212,18 @@ _MAX_PER_WEIGHT = 16
 _TLS = threading.local()
 
 
-def _choose_cblock(cg: int, nphase: int, plane: int) -> int:
-    """Input channels per cache block: all of them unless the per-image input is large."""
+def _choose_cblock(cg: int, nphase: int, plane: int, nnz: int, k: int) -> int:
+    """Input channels per cache block.
+
+    Blocking pays when the input does not fit in L1 *and* each (row, block) still holds enough
+    nonzeros to amortise loading and storing its accumulators (measured on AlexNet conv4: 10 %
+    faster at 90-95 % sparsity with 64-channel blocks, 15 % slower at 99 %).
+    """
     per_ch = nphase * plane * 4
-    if cg * per_ch <= 4 * L1_BYTES:
+    cblock = int(max(1, L1_BLOCK_BYTES // per_ch))
+    if cblock >= cg or nnz / max(k, 1) * cblock / cg < MIN_BLOCK_NNZ:
         return cg
-    return int(max(1, L1_BYTES // per_ch))
+    return cblock
 
 
 def prepare(weight, in_shape, stride, padding, dilation, groups, cblock=None) -> DirectConvCSR:
@@ -239,7 +248,7 @@ def prepare(weight, in_shape, stride, padding, dilation, groups, cblock=None) ->
         ow = (w + 2 * padding[1] - dilation[1] * (s - 1) - 1) // sw + 1
         hph = oh + (r - 1) * dilation[0] // sh
         wph = ow + (s - 1) * dilation[1] // sw
-        cblock = _choose_cblock(cg, sh * sw, hph * wph)
+        cblock = _choose_cblock(cg, sh * sw, hph * wph, int(weight.values.size), k)
     d = DirectConvCSR.from_csr(weight, key[0], stride, padding, dilation, groups, cblock)
     d._plans = {}
     with _CACHE_LOCK:
