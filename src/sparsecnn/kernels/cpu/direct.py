@@ -50,8 +50,8 @@ MIN_BLOCK_NNZ = 16
 
 # prm indices (int64 geometry/plan vector passed to the jitted functions)
 (_SH, _SW, _PH, _PW, _HPH, _WPH, _PLANE, _NPHASE, _IMG, _OH, _OW, _K, _NV, _TL, _NT, _NB,
- _NKC, _NTG, _SCI, _L) = range(20)
-_NPRM = 20
+ _NKC, _NTG, _SCI, _L, _BUF) = range(21)
+_NPRM = 21
 
 
 # --------------------------------------------------------------------------------------------
@@ -184,8 +184,13 @@ def _compute_item(it, xbuf, prm, offs, vals, blkptr, bias, out, kb, tb, sc, mask
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def _run_parallel(x, xbuf, prm, C, H, W, N, offs, vals, blkptr, bias, out, kb, tb, sc, masks, opos, nitems,
+def _run_parallel(x4, xbuf, prm, offs, vals, blkptr, bias, out4, kb, tb, sc, masks, opos, nitems,
                   relu):
+    N, C, H, W = x4.shape
+    x = x4.reshape(x4.size)
+    out = out4.reshape(out4.size)
+    # zero the slack after the last image (read only by discarded junk columns)
+    vfill(xbuf, N * prm[_IMG], prm[_BUF] - N * prm[_IMG], 0.0)
     for i in prange(N * C):
         _prepare_input(i, x, xbuf, prm, C, H, W)
     for it in prange(nitems):
@@ -194,8 +199,12 @@ def _run_parallel(x, xbuf, prm, C, H, W, N, offs, vals, blkptr, bias, out, kb, t
 
 
 @njit(cache=True, nogil=True)
-def _run_serial(x, xbuf, prm, C, H, W, N, offs, vals, blkptr, bias, out, kb, tb, sc, masks, opos, nitems,
-                  relu):
+def _run_serial(x4, xbuf, prm, offs, vals, blkptr, bias, out4, kb, tb, sc, masks, opos, nitems,
+                relu):
+    N, C, H, W = x4.shape
+    x = x4.reshape(x4.size)
+    out = out4.reshape(out4.size)
+    vfill(xbuf, N * prm[_IMG], prm[_BUF] - N * prm[_IMG], 0.0)
     for i in range(N * C):
         _prepare_input(i, x, xbuf, prm, C, H, W)
     for it in range(nitems):
@@ -301,6 +310,7 @@ class _Plan:
         # past its base (one aligned vector beyond the tile, see _simd.fma_tile)
         self.buf_len = max(n * d.image_stride, (n - 1) * d.image_stride + d.max_offset
                            + ntiles * tl) + 2 * VEC
+        prm[_BUF] = self.buf_len
         self.sc_len = nitems * sci
         self.parallel, self.nv, self.ntiles = parallel, nv, ntiles
         # per 16-lane vector of the padded-width plane: which lanes are real outputs (bit mask)
@@ -378,17 +388,12 @@ def conv2d_direct(x, weight, bias, stride, padding, dilation, groups, relu):
     p = plan(d, n)
     k = d.shape[0]
     oh, ow = d.out_hw
-    out = torch.empty((n, k, oh, ow), dtype=torch.float32)
-    xbuf = _workspace("x", p.buf_len)
-    sc = _workspace("sc", p.sc_len)
-    # zero the slack after the last image (read only by discarded junk columns)
-    tail = n * d.image_stride
-    xbuf[tail:p.buf_len] = 0.0
+    out = np.empty((n, k, oh, ow), dtype=np.float32)
     run = _run_parallel if p.parallel else _run_serial
-    run(x.view(-1).numpy(), xbuf, p.prm, c, h, w, n, d.offsets, d.values, d.blkptr,
-        _bias_array(bias, k, d), out.view(-1).numpy(), p.kb, p.tb, sc, p.masks, p.opos, p.nitems,
-        bool(relu))
-    return out
+    run((x.detach() if x.requires_grad else x).numpy(), _workspace("x", p.buf_len), p.prm, d.offsets, d.values, d.blkptr,
+        _bias_array(bias, k, d), out, p.kb, p.tb, _workspace("sc", p.sc_len), p.masks, p.opos,
+        p.nitems, bool(relu))
+    return torch.from_numpy(out)
 
 
 register(Kernel(
