@@ -36,7 +36,7 @@ from numba import njit, prange
 
 from ...formats.direct import DirectConvCSR
 from ..registry import Kernel, register
-from ._simd import NV_MAX, VEC, fma_tile, vcopy, vfill
+from ._simd import NV_MAX, VEC, deinterleave2, fma_tile, vcopy, vfill
 
 __all__ = ["conv2d_direct", "partition_rows", "prepare", "plan"]
 
@@ -126,6 +126,20 @@ def _prepare_input(i, x, xbuf, prm, C, H, W):
         # padded rows: Hph = H + 2 ph, Wph = W + 2 pw (stride 1)
         for iy in range(H):
             vcopy(xbuf, dst0 + (iy + ph) * wph + pw, x, src0 + iy * W, W, False)
+        return
+    if sh == 2 and sw == 2:
+        # each input row goes to one phase-row pair; evens / odds split with AVX-512 shuffles
+        pe, po = pw & 1, (1 + pw) & 1
+        xe, xo = pw // 2, (1 + pw) // 2
+        ne, no = min((W + 1) // 2, wph - xe), min(W // 2, wph - xo)
+        for iy in range(H):
+            yy = (iy + ph) >> 1
+            if yy >= hph:
+                continue
+            py = (iy + ph) & 1
+            row = dst0 + yy * wph
+            deinterleave2(xbuf, row + (py * 2 + pe) * plane + xe, ne,
+                          row + (py * 2 + po) * plane + xo, no, x, src0 + iy * W, W)
         return
     for py in range(sh):
         for px in range(sw):
