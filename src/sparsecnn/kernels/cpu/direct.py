@@ -368,7 +368,7 @@ def _bias_array(bias, k: int, d: DirectConvCSR) -> np.ndarray:
         if z is None:
             z = d._zero_bias = np.zeros(k, dtype=np.float32)
         return z
-    return bias.numpy()
+    return (bias.detach() if bias.requires_grad else bias).numpy()
 
 
 # --------------------------------------------------------------------------------------------
