@@ -6,15 +6,17 @@ ICLR; the same data layout as Escoin, Chen 2018):
 1. The weight's CSR column indices are rewritten once per input geometry into offsets into the
    prepared input (:class:`~sparsecnn.formats.direct.DirectConvCSR`, cached per weight object
    and geometry).
-2. Per call, the input is copied once into a flat float32 buffer: padded, and for stride > 1
-   split into ``sh * sw`` phase planes (space-to-depth), so that every tap of every stride is a
-   stride-1 read.
+2. Per call, the input is copied once into a flat, 64-byte aligned float32 buffer (reused per
+   Python thread): padded, and for stride > 1 split into ``sh * sw`` phase planes
+   (space-to-depth; stride 2 with AVX-512 even/odd shuffles), so that every tap of every stride
+   is a stride-1 read.
 3. Each output channel's plane is computed over the padded row width ``Wph`` as one contiguous
    range ``[0, OH * Wph)``, cut into tiles of ``NV`` vectors of 16 floats. For a tile, the loop
    over the channel's nonzeros keeps the ``NV`` accumulators in zmm registers
-   (:mod:`sparsecnn.kernels.cpu._simd`): one broadcast, ``NV`` unaligned loads and ``NV`` FMAs
-   per nonzero. Bias initialises the accumulators; ReLU is applied when the tile is stored into
-   the ``(N, K, OH, OW)`` output (the ``Wph - OW`` junk columns are dropped there).
+   (:mod:`sparsecnn.kernels.cpu._simd`): one broadcast, ``NV + 1`` aligned loads realigned by
+   ``NV`` permutes, and ``NV`` FMAs per nonzero. Bias initialises the accumulators; ReLU is
+   applied when the tile is stored into the ``(N, K, OH, OW)`` output, the ``Wph - OW`` junk
+   columns packed out with ``vcompressps`` and a masked store.
 4. Threads (``prange``) take work items ``(image, chunk of output channels, group of tiles)``;
    output-channel chunks are balanced by nnz with :func:`partition_rows`. Inside an item tiles
    are the outer loop and channels the inner one, so a tile's input window is reused from cache
