@@ -18,6 +18,12 @@ from .kernels import registry
 
 
 def _pair(value, name: str, minimum: int) -> tuple[int, int]:
+    # fast path for the common case (plain ints): this runs on every call of every layer
+    if type(value) is int and value >= minimum:
+        return (value, value)
+    if (type(value) is tuple and len(value) == 2 and type(value[0]) is int
+            and type(value[1]) is int and min(value) >= minimum):
+        return value
     if isinstance(value, Integral) and not isinstance(value, bool):
         value = (int(value), int(value))
     if (not isinstance(value, (tuple, list)) or len(value) != 2

@@ -9,6 +9,7 @@ sparse convolutions and guided pruning", ICLR). Formats hold data only: no kerne
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import ClassVar
 
@@ -139,9 +140,11 @@ class SparseWeight:
         return len(self.shape) == 4
 
     # -- sizes -------------------------------------------------------------------------------
-    @property
+    @functools.cached_property
     def nnz(self) -> int:
-        """Number of nonzero entries of the weight (explicit stored zeros excluded)."""
+        """Number of nonzero entries of the weight (explicit stored zeros excluded).
+
+        Counted once and cached: a format object is immutable once built."""
         return int(np.count_nonzero(self.arrays()["values"]))
 
     @property
