@@ -5,13 +5,15 @@ Run under the machine's CPU lock, e.g.::
     flock /tmp/sparsecnn-cpu.lock env PYTHONPATH=src python benchmarks/direct_conv.py [--quick]
 
 Dense (``torch.nn.functional.conv2d``) and direct are timed in the same process, after warm-up,
-as the median of ``torch.utils.benchmark.Timer.blocked_autorange``; JIT compile time (first
+in alternating blocks (``torch.utils.benchmark.Timer.blocked_autorange``), the median of the
+block medians reported; JIT compile time (first
 call, including the disk-cache load) is reported apart. Weights: random unstructured sparsity.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import numba
@@ -46,7 +48,7 @@ def _time(fn, min_run_time: float) -> float:
     return Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads()).blocked_autorange(min_run_time=min_run_time).median
 
 
-def bench(name, chw, k, r, stride, pad, batch, sparsity, min_run_time, gen):
+def bench(name, chw, k, r, stride, pad, batch, sparsity, min_run_time, gen, repeats=5):
     c, h, w = chw
     x = torch.randn(batch, c, h, w, generator=gen)
     wt = torch.randn(k, c, r, r, generator=gen)
@@ -58,8 +60,14 @@ def bench(name, chw, k, r, stride, pad, batch, sparsity, min_run_time, gen):
     first = time.perf_counter() - t0
     ref = F.conv2d(x, wt, b, stride, pad)
     err = (y - ref).abs().max().item()
-    td = _time(lambda: F.conv2d(x, wt, b, stride, pad), min_run_time)
-    ts = _time(lambda: conv2d(x, sw, b, stride, pad, algo="direct"), min_run_time)
+    # dense and direct timed in alternating blocks; the median of the block medians of each
+    # spreads any burst of load from outside the lock over both
+    tds, tss = [], []
+    for _ in range(repeats):
+        tds.append(_time(lambda: F.conv2d(x, wt, b, stride, pad), min_run_time / repeats))
+        tss.append(_time(lambda: conv2d(x, sw, b, stride, pad, algo="direct"),
+                         min_run_time / repeats))
+    td, ts = statistics.median(tds), statistics.median(tss)
     print(f"{name:38s} N={batch:<3d} sp={sparsity:6.3f}  dense {td * 1e3:8.3f} ms  "
           f"direct {ts * 1e3:8.3f} ms  speedup {td / ts:6.2f}x  first {first * 1e3:7.1f} ms  "
           f"maxerr {err:.1e}", flush=True)
@@ -71,7 +79,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="conv4 at batch 1 only")
     ap.add_argument("--only", default="", help="run only cases whose name contains this")
-    ap.add_argument("--min-run-time", type=float, default=0.3, help="seconds per measurement")
+    ap.add_argument("--min-run-time", type=float, default=0.5,
+                    help="seconds of timing per kernel and case, split over --repeats blocks")
+    ap.add_argument("--repeats", type=int, default=5, help="alternating dense/direct blocks")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     numba.set_num_threads(args.threads)
@@ -90,7 +100,7 @@ def main() -> None:
     for (name, chw, k, r, st, pd), n, s in cases:
         if args.only and args.only not in name:
             continue
-        bench(name, chw, k, r, st, pd, n, s, args.min_run_time, gen)
+        bench(name, chw, k, r, st, pd, n, s, args.min_run_time, gen, args.repeats)
 
 
 if __name__ == "__main__":

@@ -143,6 +143,15 @@ def test_unbatched_input():
     torch.testing.assert_close(y, F.conv2d(x, wt, None, 1, 1), rtol=1e-4, atol=1e-4)
 
 
+def test_inputs_requiring_grad():
+    x = torch.randn(1, 4, 6, 6, requires_grad=True)
+    b = torch.nn.Parameter(torch.randn(3))
+    wt = _weight((3, 4, 3, 3), 0.5, seed=12)
+    y = conv2d(x, to_sparse(wt), b, 1, 1, algo="direct")
+    ref = F.conv2d(x.detach(), wt, b.detach(), 1, 1)
+    torch.testing.assert_close(y, ref, rtol=1e-4, atol=1e-4)
+
+
 def test_registered():
     k = registry.get("conv2d", "direct")
     assert k.fn is D.conv2d_direct

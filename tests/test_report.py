@@ -7,10 +7,8 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 

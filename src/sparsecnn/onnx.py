@@ -7,16 +7,15 @@ The imported model is an ``fx.GraphModule`` of ordinary ``torch.nn`` modules (``
 
 from __future__ import annotations
 
-import contextlib
-import os
 import sys
-import tempfile
 import types
 import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from ._atomic import atomic_path
 
 
 def _onnx2torch():
@@ -84,22 +83,14 @@ def export_onnx(model: nn.Module, example_input: torch.Tensor, path, *, opset: i
     dynamic, input ``"input"``, output ``"logits"``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
     was_training = model.training
     model.eval()
     try:
-        with warnings.catch_warnings():
+        with atomic_path(path) as tmp, warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.onnx.export(model, (example_input,), tmp, dynamo=False, opset_version=opset,
+            torch.onnx.export(model, (example_input,), str(tmp), dynamo=False, opset_version=opset,
                               input_names=["input"], output_names=["logits"],
                               dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}})
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
     finally:
         model.train(was_training)
     return path

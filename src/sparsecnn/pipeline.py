@@ -23,14 +23,13 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from ._atomic import atomic_dir, atomic_path
 
 METHODS = ("magnitude", "global", "nm", "filter", "unified")
 #: Methods pruned gradually (AGP, through :func:`sparsecnn.prune.recipes.run_recipe`) when
@@ -143,11 +142,8 @@ def _train_dense(model, model_name, train_set, test_loader, seed, progress, cons
     prune.train(model, loader, cfg["epochs"], cfg["lr"], seed=seed, progress=progress,
                 description=f"train dense {model_name}")
     model.eval()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".dense-", suffix=".pt", dir=path.parent)
-    os.close(fd)
-    torch.save({"state_dict": model.state_dict()}, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save({"state_dict": model.state_dict()}, tmp)
     return {"source": "trained", "path": str(path), "seconds": time.perf_counter() - t0,
             "epochs": cfg["epochs"]}
 
@@ -510,21 +506,16 @@ def _write_results(result: dict, sparse_model: nn.Module, out_dir) -> Path:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    tmp = Path(tempfile.mkdtemp(prefix=".optimize-", dir=out_dir))
-    try:
+    final = out_dir / f"optimize-{result['model']}-{stamp}"
+    k = 1
+    while final.exists():
+        final = out_dir / f"optimize-{result['model']}-{stamp}-{k}"
+        k += 1
+    result["results_dir"] = str(final)
+    with atomic_dir(final) as tmp:
         snn.save(sparse_model, tmp / "model.pt")
-        final = out_dir / f"optimize-{result['model']}-{stamp}"
-        k = 1
-        while final.exists():
-            final = out_dir / f"optimize-{result['model']}-{stamp}-{k}"
-            k += 1
-        result["results_dir"] = str(final)
         (tmp / "results.json").write_text(json.dumps(result, indent=1, default=str))
         (tmp / "summary.md").write_text(render_summary(result))
-        os.rename(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return final
 
 

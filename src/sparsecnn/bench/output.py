@@ -13,12 +13,11 @@ import math
 import os
 import platform
 import re
-import shutil
 import subprocess
-import tempfile
 from collections import defaultdict
 from pathlib import Path
 
+from .._atomic import atomic_dir
 from .core import (DENSE, DENSE_DESCRIPTION, ROW_KEYS, WEIGHTS_DESCRIPTION, break_even,
                    break_even_labels, compile_times)
 
@@ -339,7 +338,7 @@ def plot_speedup(rows, path_stem, title: str | None = None) -> list[Path]:
         ax.set_xlabel("sparsity (share of weights zero)")
         ax.set_ylabel("speedup over dense (x)")
         ax.grid(True, which="both", alpha=0.3)
-    handles, labels = {}, []
+    handles = {}
     for ax in axes.flat[:len(layers)]:
         for h, lab in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(lab, h)
@@ -375,17 +374,10 @@ def write_results(rows, meta: dict, out_dir, plot: bool = True) -> Path:
     out_dir = Path(out_dir)
     if out_dir.exists():
         raise FileExistsError(f"results folder {out_dir} already exists; choose another --out")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
+    with atomic_dir(out_dir) as tmp:  # the rename fails if out_dir appeared meanwhile
         write_csv(rows, tmp / "bench.csv")
         with open(tmp / "bench.json", "w", encoding="utf-8") as f:
             json.dump(results_document(rows, meta), f, indent=1, allow_nan=False)
         if plot and rows:
             plot_speedup(rows, tmp / "speedup")
-        os.chmod(tmp, 0o755)
-        os.rename(tmp, out_dir)  # atomic; fails if out_dir appeared meanwhile and is not empty
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir

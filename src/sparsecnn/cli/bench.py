@@ -8,7 +8,6 @@ Run timing on a shared machine under ``flock /tmp/sparsecnn-cpu.lock``.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time

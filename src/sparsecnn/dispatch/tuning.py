@@ -25,7 +25,6 @@ import math
 import os
 import platform
 import statistics
-import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -34,6 +33,7 @@ from typing import Callable
 
 import torch
 
+from .._atomic import atomic_path
 from ..kernels import registry
 
 CACHE_ENV = "SPARSECNN_CACHE_DIR"
@@ -174,17 +174,8 @@ class TuningCache:
             entries = self._read()
             entries[key] = value
             payload = {"version": CACHE_VERSION, "entries": entries}
-            fd, tmp = tempfile.mkstemp(prefix=".tuning-", suffix=".json", dir=path.parent)
-            try:
-                with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                    json.dump(payload, fh, indent=1, sort_keys=True)
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                os.replace(tmp, path)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                raise
+            with atomic_path(path) as tmp:
+                tmp.write_text(json.dumps(payload, indent=1, sort_keys=True), encoding="utf-8")
 
     def clear(self) -> None:
         """Remove every entry (the file is rewritten empty)."""

@@ -3,15 +3,13 @@ per-layer tuning (:func:`tune_`), the per-layer table and save / load."""
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
 from pathlib import Path
 from typing import Callable
 
 import torch
 from torch import nn
 
+from .._atomic import atomic_path
 from ..dispatch import DEFAULT_MARGIN, tune
 from ..kernels import registry
 from .fusion import find_relu_fusions, fold_batchnorm, fuse_relu_, try_trace
@@ -258,18 +256,8 @@ def save(model: nn.Module, path) -> Path:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save({"magic": FILE_MAGIC, "version": FILE_VERSION, "model": model}, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp:
+        torch.save({"magic": FILE_MAGIC, "version": FILE_VERSION, "model": model}, tmp)
     return path
 
 

@@ -9,14 +9,12 @@ from __future__ import annotations
 import csv
 import html
 import json
-import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
+from .._atomic import atomic_dir
 from ._common import FIGURES
 
 MARKER = "report.json"
@@ -265,10 +263,8 @@ def write_report(d: dict, out, meta: dict | None = None, *, static: bool = True,
     meta = dict(meta or {})
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MARKER).exists())):
         raise ValueError(f"output folder {out} exists and is not a sparsecnn report; choose another --out")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     timings = {}
-    try:
+    with atomic_dir(out, replace=True) as tmp:  # an earlier report there is swapped out
         t0 = time.perf_counter()
         figs = interactive.figures(d)
         timings["plotly figures"] = time.perf_counter() - t0
@@ -299,15 +295,4 @@ def write_report(d: dict, out, meta: dict | None = None, *, static: bool = True,
         (tmp / MARKER).write_text(json.dumps(_jsonable(payload)))
         (tmp / "index.html").write_text(render_html(d, meta, figs, static_names, tabs), encoding="utf-8")
         d["timings_s"]["html + data"] = time.perf_counter() - t0
-        os.chmod(tmp, 0o755)
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out

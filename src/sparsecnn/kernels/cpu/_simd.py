@@ -121,6 +121,59 @@ def _fill16(typingctx, dst, di, m, value):
     return sig, codegen
 
 
+@intrinsic
+def _deint32(typingctx, dst, de, ne, do, no, src, si, n):
+    """Split ``src[si:si+n]`` (``n <= 32``) into even and odd elements; store the first ``ne``
+    evens at ``dst[de:]`` and the first ``no`` odds at ``dst[do:]`` (masked AVX-512 moves)."""
+    sig = types.void(dst, de, ne, do, no, src, si, n)
+
+    def codegen(context, builder, signature, args):
+        at = signature.args
+        d = context.make_array(at[0])(context, builder, args[0]).data
+        s = context.make_array(at[5])(context, builder, args[5]).data
+
+        def i64(i):
+            return context.cast(builder, args[i], at[i], types.int64)
+
+        def i32(i):
+            return context.cast(builder, args[i], at[i], types.int32)
+
+        ld, st = _masked_fns(builder)
+        vp = _VTY.as_pointer()
+        zero = ir.Constant(_VTY, [0.0] * VEC)
+        n_ = i32(7)
+        c16 = ir.Constant(_I32, VEC)
+        m0 = builder.select(builder.icmp_signed("<", n_, c16), n_, c16)
+        rest = builder.sub(n_, m0)
+        src = builder.gep(s, [i64(6)])
+        a = builder.call(ld, [builder.bitcast(src, vp), ir.Constant(_I32, 4), _lane_mask(builder, m0),
+                              zero])
+        b = builder.call(ld, [builder.bitcast(builder.gep(src, [ir.Constant(_I64, VEC)]), vp),
+                              ir.Constant(_I32, 4), _lane_mask(builder, rest), zero])
+        ev = builder.shuffle_vector(a, b, ir.Constant(_IVTY, list(range(0, 2 * VEC, 2))))
+        od = builder.shuffle_vector(a, b, ir.Constant(_IVTY, list(range(1, 2 * VEC, 2))))
+        builder.call(st, [ev, builder.bitcast(builder.gep(d, [i64(1)]), vp), ir.Constant(_I32, 4),
+                          _lane_mask(builder, i32(2))])
+        builder.call(st, [od, builder.bitcast(builder.gep(d, [i64(3)]), vp), ir.Constant(_I32, 4),
+                          _lane_mask(builder, i32(4))])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@njit(cache=True, nogil=True)
+def deinterleave2(dst, de, ne, do, no, src, si, n):
+    """``dst[de:de+ne] = src[si::2][:ne]``, ``dst[do:do+no] = src[si+1::2][:no]`` reading only
+    ``src[si:si+n]`` (AVX-512, 32 source elements per step). Unchecked bounds."""
+    t = 0
+    while t < n:
+        m = min(32, n - t)
+        h = t // 2
+        _deint32(dst, de + h, max(0, min(16, ne - h)), do + h, max(0, min(16, no - h)), src,
+                 si + t, m)
+        t += 32
+
+
 @njit(cache=True, nogil=True)
 def vcopy(dst, di, src, si, n, relu):
     """``dst[di:di+n] = src[si:si+n]`` (ReLU applied if ``relu``) with AVX-512 masked moves.

@@ -6,15 +6,17 @@ ICLR; the same data layout as Escoin, Chen 2018):
 1. The weight's CSR column indices are rewritten once per input geometry into offsets into the
    prepared input (:class:`~sparsecnn.formats.direct.DirectConvCSR`, cached per weight object
    and geometry).
-2. Per call, the input is copied once into a flat float32 buffer: padded, and for stride > 1
-   split into ``sh * sw`` phase planes (space-to-depth), so that every tap of every stride is a
-   stride-1 read.
+2. Per call, the input is copied once into a flat, 64-byte aligned float32 buffer (reused per
+   Python thread): padded, and for stride > 1 split into ``sh * sw`` phase planes
+   (space-to-depth; stride 2 with AVX-512 even/odd shuffles), so that every tap of every stride
+   is a stride-1 read.
 3. Each output channel's plane is computed over the padded row width ``Wph`` as one contiguous
    range ``[0, OH * Wph)``, cut into tiles of ``NV`` vectors of 16 floats. For a tile, the loop
    over the channel's nonzeros keeps the ``NV`` accumulators in zmm registers
-   (:mod:`sparsecnn.kernels.cpu._simd`): one broadcast, ``NV`` unaligned loads and ``NV`` FMAs
-   per nonzero. Bias initialises the accumulators; ReLU is applied when the tile is stored into
-   the ``(N, K, OH, OW)`` output (the ``Wph - OW`` junk columns are dropped there).
+   (:mod:`sparsecnn.kernels.cpu._simd`): one broadcast, ``NV + 1`` aligned loads realigned by
+   ``NV`` permutes, and ``NV`` FMAs per nonzero. Bias initialises the accumulators; ReLU is
+   applied when the tile is stored into the ``(N, K, OH, OW)`` output, the ``Wph - OW`` junk
+   columns packed out with ``vcompressps`` and a masked store.
 4. Threads (``prange``) take work items ``(image, chunk of output channels, group of tiles)``;
    output-channel chunks are balanced by nnz with :func:`partition_rows`. Inside an item tiles
    are the outer loop and channels the inner one, so a tile's input window is reused from cache
@@ -36,7 +38,7 @@ from numba import njit, prange
 
 from ...formats.direct import DirectConvCSR
 from ..registry import Kernel, register
-from ._simd import NV_MAX, VEC, fma_tile, vcopy, vfill
+from ._simd import NV_MAX, VEC, deinterleave2, fma_tile, vcopy, vfill
 
 __all__ = ["conv2d_direct", "partition_rows", "prepare", "plan"]
 
@@ -50,8 +52,8 @@ MIN_BLOCK_NNZ = 16
 
 # prm indices (int64 geometry/plan vector passed to the jitted functions)
 (_SH, _SW, _PH, _PW, _HPH, _WPH, _PLANE, _NPHASE, _IMG, _OH, _OW, _K, _NV, _TL, _NT, _NB,
- _NKC, _NTG, _SCI, _L) = range(20)
-_NPRM = 20
+ _NKC, _NTG, _SCI, _L, _BUF) = range(21)
+_NPRM = 21
 
 
 # --------------------------------------------------------------------------------------------
@@ -127,6 +129,20 @@ def _prepare_input(i, x, xbuf, prm, C, H, W):
         for iy in range(H):
             vcopy(xbuf, dst0 + (iy + ph) * wph + pw, x, src0 + iy * W, W, False)
         return
+    if sh == 2 and sw == 2:
+        # each input row goes to one phase-row pair; evens / odds split with AVX-512 shuffles
+        pe, po = pw & 1, (1 + pw) & 1
+        xe, xo = pw // 2, (1 + pw) // 2
+        ne, no = min((W + 1) // 2, wph - xe), min(W // 2, wph - xo)
+        for iy in range(H):
+            yy = (iy + ph) >> 1
+            if yy >= hph:
+                continue
+            py = (iy + ph) & 1
+            row = dst0 + yy * wph
+            deinterleave2(xbuf, row + (py * 2 + pe) * plane + xe, ne,
+                          row + (py * 2 + po) * plane + xo, no, x, src0 + iy * W, W)
+        return
     for py in range(sh):
         for px in range(sw):
             d = dst0 + (py * sw + px) * plane
@@ -184,8 +200,13 @@ def _compute_item(it, xbuf, prm, offs, vals, blkptr, bias, out, kb, tb, sc, mask
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def _run_parallel(x, xbuf, prm, C, H, W, N, offs, vals, blkptr, bias, out, kb, tb, sc, masks, opos, nitems,
+def _run_parallel(x4, xbuf, prm, offs, vals, blkptr, bias, out4, kb, tb, sc, masks, opos, nitems,
                   relu):
+    N, C, H, W = x4.shape
+    x = x4.reshape(x4.size)
+    out = out4.reshape(out4.size)
+    # zero the slack after the last image (read only by discarded junk columns)
+    vfill(xbuf, N * prm[_IMG], prm[_BUF] - N * prm[_IMG], 0.0)
     for i in prange(N * C):
         _prepare_input(i, x, xbuf, prm, C, H, W)
     for it in prange(nitems):
@@ -194,8 +215,12 @@ def _run_parallel(x, xbuf, prm, C, H, W, N, offs, vals, blkptr, bias, out, kb, t
 
 
 @njit(cache=True, nogil=True)
-def _run_serial(x, xbuf, prm, C, H, W, N, offs, vals, blkptr, bias, out, kb, tb, sc, masks, opos, nitems,
-                  relu):
+def _run_serial(x4, xbuf, prm, offs, vals, blkptr, bias, out4, kb, tb, sc, masks, opos, nitems,
+                relu):
+    N, C, H, W = x4.shape
+    x = x4.reshape(x4.size)
+    out = out4.reshape(out4.size)
+    vfill(xbuf, N * prm[_IMG], prm[_BUF] - N * prm[_IMG], 0.0)
     for i in range(N * C):
         _prepare_input(i, x, xbuf, prm, C, H, W)
     for it in range(nitems):
@@ -301,6 +326,7 @@ class _Plan:
         # past its base (one aligned vector beyond the tile, see _simd.fma_tile)
         self.buf_len = max(n * d.image_stride, (n - 1) * d.image_stride + d.max_offset
                            + ntiles * tl) + 2 * VEC
+        prm[_BUF] = self.buf_len
         self.sc_len = nitems * sci
         self.parallel, self.nv, self.ntiles = parallel, nv, ntiles
         # per 16-lane vector of the padded-width plane: which lanes are real outputs (bit mask)
@@ -344,7 +370,7 @@ def _bias_array(bias, k: int, d: DirectConvCSR) -> np.ndarray:
         if z is None:
             z = d._zero_bias = np.zeros(k, dtype=np.float32)
         return z
-    return bias.numpy()
+    return (bias.detach() if bias.requires_grad else bias).numpy()
 
 
 # --------------------------------------------------------------------------------------------
@@ -378,17 +404,12 @@ def conv2d_direct(x, weight, bias, stride, padding, dilation, groups, relu):
     p = plan(d, n)
     k = d.shape[0]
     oh, ow = d.out_hw
-    out = torch.empty((n, k, oh, ow), dtype=torch.float32)
-    xbuf = _workspace("x", p.buf_len)
-    sc = _workspace("sc", p.sc_len)
-    # zero the slack after the last image (read only by discarded junk columns)
-    tail = n * d.image_stride
-    xbuf[tail:p.buf_len] = 0.0
+    out = np.empty((n, k, oh, ow), dtype=np.float32)
     run = _run_parallel if p.parallel else _run_serial
-    run(x.view(-1).numpy(), xbuf, p.prm, c, h, w, n, d.offsets, d.values, d.blkptr,
-        _bias_array(bias, k, d), out.view(-1).numpy(), p.kb, p.tb, sc, p.masks, p.opos, p.nitems,
-        bool(relu))
-    return out
+    run((x.detach() if x.requires_grad else x).numpy(), _workspace("x", p.buf_len), p.prm, d.offsets, d.values, d.blkptr,
+        _bias_array(bias, k, d), out, p.kb, p.tb, _workspace("sc", p.sc_len), p.masks, p.opos,
+        p.nitems, bool(relu))
+    return torch.from_numpy(out)
 
 
 register(Kernel(
