@@ -106,8 +106,24 @@ def test_load_weights_missing_file(tmp_path):
 def test_load_weights_corrupt_file(tmp_path):
     path = tmp_path / "bad.pt"
     path.write_bytes(b"this is not a checkpoint")
-    with pytest.raises(ValueError, match="cannot read checkpoint .*bad.pt"):
+    with pytest.raises(ValueError, match="cannot read checkpoint .*bad.pt") as info:
         models.load_weights(models.build("smallcnn"), path)
+    assert "\n" not in str(info.value)  # torch's multi-line text folded to one line
+
+
+class _Foreign:  # a class weights_only unpickling refuses
+    pass
+
+
+def test_load_weights_untrusted_object_one_line(tmp_path):
+    path = tmp_path / "obj.pt"
+    torch.save({"state_dict": models.build("smallcnn").state_dict(), "extra": _Foreign()}, path)
+    with pytest.raises(ValueError, match="cannot read checkpoint .*obj.pt.*_Foreign.*trusted=True") \
+            as info:
+        models.load_weights(models.build("smallcnn"), path)
+    msg = str(info.value)
+    assert "\n" not in msg and "\t" not in msg and "\x1b" not in msg and "  " not in msg
+    assert models.load_weights(models.build("smallcnn"), path, trusted=True) is not None
 
 
 def test_load_weights_not_a_dict(tmp_path):
@@ -120,8 +136,10 @@ def test_load_weights_not_a_dict(tmp_path):
 def test_load_weights_wrong_architecture(tmp_path):
     path = tmp_path / "r20.pt"
     torch.save({"state_dict": models.build("resnet20").state_dict()}, path)
-    with pytest.raises(ValueError, match="missing: .*unexpected: .*shape-mismatched: conv1.weight"):
+    with pytest.raises(ValueError, match="missing: .*unexpected: .*shape-mismatched: conv1.weight") \
+            as info:
         models.load_weights(models.build("smallcnn"), path)
+    assert "\n" not in str(info.value) and "(+" in str(info.value)  # one line, first few keys
     with pytest.raises(ValueError, match="missing: layer1.3.conv1.weight"):
         models.load_weights(models.build("resnet32"), path)
 

@@ -1,5 +1,6 @@
 """The optimize job: end to end on a tiny configuration, and the CLI's bad-input handling."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -41,6 +42,10 @@ def test_optimize_end_to_end_tiny(tmp_path):
     assert data["accuracy"]["dense_top1"] > 0.5  # 3 epochs on digits is enough for this
     for layer, s in data["pruning"]["layer_sparsity"].items():
         assert s == pytest.approx(0.8, abs=0.01), layer
+    # gradual pruning ran the smallcnn_digits recipe (with this run's sparsity and epochs)
+    assert data["pruning"]["recipe"] == dataclasses.asdict(prune.recipes.smallcnn_digits(
+        final_sparsity=0.8, epochs=3, weights=data["weights"]["path"]))
+    assert data["pruning"]["schedule"].startswith("AGP")
     for b in ("1", "8"):
         t = data["latency"][b]
         assert t["dense"]["median_ms"] > 0 and t["sparse"]["median_ms"] > 0
@@ -127,3 +132,65 @@ def test_cli_bad_input(case, tmp_path, capsys):
     assert len(err.strip().splitlines()) == 1
     assert sorted(p.name for p in out.iterdir()) == [earlier.name]  # nothing new, nothing lost
     assert (earlier / "results.json").read_text() == '{"earlier": true}'
+
+
+def test_pruning_recipe_defaults_per_model(tmp_path):
+    """optimize's gradual pruning is the ready-made recipes with --sparsity/--epochs/--seed."""
+    from sparsecnn.prune import recipes
+    w = tmp_path / "w.th"
+    assert pipeline.pruning_recipe("resnet20", "magnitude", 0.9, 40, weights=w) == \
+        recipes.resnet20_cifar_90_uniform(weights=str(w))
+    assert pipeline.pruning_recipe("resnet20", "global", 0.9, 40, weights=w) == \
+        recipes.resnet20_cifar_90(weights=str(w))
+    r = pipeline.pruning_recipe("resnet56", "unified", 0.8, 7, seed=3, weights=w)
+    assert r == recipes.resnet20_cifar_90(model="resnet56", weights=str(w), scope="layer",
+                                          method="unified", final_sparsity=0.8, epochs=7, seed=3)
+    assert r.kd_alpha == 0.9 and r.augment and r.lr == 0.02 and r.batch_size == 128
+    s = pipeline.pruning_recipe("smallcnn", "magnitude", 0.9, 15, weights=w, prune_linear=True)
+    assert s == recipes.smallcnn_digits(final_sparsity=0.9, weights=str(w))
+    assert s.kd_alpha == 0.0 and not s.augment and s.prune_linear
+    other = pipeline.pruning_recipe(None, "global", 0.5, 2)  # an ONNX import: no KD, no augment
+    assert other.kd_alpha == 0.0 and not other.augment and other.scope == "global"
+    for method in ("nm", "filter"):
+        with pytest.raises(ValueError, match="not a gradual pruning method"):
+            pipeline.pruning_recipe("resnet20", method, 0.9, 40)
+
+
+def test_optimize_gradual_resnet_uses_recipe(tmp_path, monkeypatch):
+    """A CIFAR ResNet with weights: the gradual path is run_recipe with distillation from the
+    dense model and crop + flip, exactly the resnet20_cifar_90_uniform settings."""
+    from sparsecnn import data, models
+    from sparsecnn.prune import recipes
+    seen = []
+    real_train = recipes.train
+
+    def spy(model, loader, epochs, lr, **kw):
+        seen.append(dict(kw, epochs=epochs, lr=lr, batch_size=loader.batch_size))
+        return real_train(model, loader, epochs, lr, **kw)
+
+    monkeypatch.setattr(recipes, "train", spy)
+    rng = np.random.default_rng(0)
+    train_npz = _npz(tmp_path / "train.npz", rng.integers(0, 255, (24, 3, 32, 32), dtype=np.uint8),
+                     rng.integers(0, 10, 24))
+    test_npz = _npz(tmp_path / "test.npz", rng.integers(0, 255, (6, 3, 32, 32), dtype=np.uint8),
+                    rng.integers(0, 10, 6))
+    torch.manual_seed(0)
+    weights = tmp_path / "r20.th"
+    torch.save({"state_dict": models.build("resnet20").state_dict()}, weights)
+    res = pipeline.optimize("resnet20", weights=weights, data=test_npz, train_data=train_npz,
+                            sparsity=0.9, method="magnitude", epochs=2, batch_sizes=[1],
+                            tune=False, time_s=0.01, out_dir=tmp_path / "out", progress=False)
+    assert len(seen) == 1
+    kw = seen[0]
+    assert kw["teacher"] is not None and kw["kd_alpha"] == 0.9 and kw["kd_temperature"] == 4.0
+    assert kw["augment"] is data.random_crop_flip
+    assert (kw["lr"], kw["batch_size"], kw["epochs"]) == (0.02, 128, 2)
+    assert kw["pruner"].scope == "layer" and kw["pruner"].final_sparsity == 0.9
+    expected = recipes.resnet20_cifar_90_uniform(weights=str(weights), epochs=2)
+    assert res["pruning"]["recipe"] == dataclasses.asdict(expected)
+    assert "distillation" in res["pruning"]["schedule"] and "crop + flip" in res["pruning"]["schedule"]
+    for layer, s in res["pruning"]["layer_sparsity"].items():
+        if layer != "linear":  # conv layers only, each exactly 90 %
+            assert s == pytest.approx(0.9, abs=0.01), layer
+    assert res["pruning"]["layer_sparsity"]["linear"] < 0.5
+    assert res["verify"]["within_tolerance"]

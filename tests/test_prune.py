@@ -397,3 +397,29 @@ def test_resnet20_recipes_scopes():
     uni = prune.recipes.resnet20_cifar_90_uniform()
     assert uni.scope == "layer" and uni.epochs == prune.recipes.resnet20_cifar_90().epochs
     assert prune.recipes.resnet20_cifar_90_uniform(seed=3).seed == 3
+
+
+def test_run_recipe_with_given_model_and_data():
+    """run_recipe on a caller's model and data sets (as ``sparsecnn optimize`` calls it): the
+    named dataset is not loaded, the given model is pruned in place, ``method`` reaches the
+    pruner, and a ramp with too few steps is a ValueError."""
+    train_set, test = _digits_small()
+    test = Subset(test, range(100))
+    model = _model("smallcnn")
+    recipe = prune.recipes.smallcnn_digits(dataset="not-a-dataset", final_sparsity=0.75,
+                                           epochs=2, method="unified")
+    res = prune.recipes.run_recipe(recipe, model=model, train_set=train_set, test_set=test,
+                                   progress=False)
+    assert res["finished"] and res["model"] is model and res["dense_top1"] is None
+    assert res["schedule"] == {"start_step": 1, "end_step": 4, "total_steps": 8, "frequency": 2,
+                               "distillation": False, "augment": False}
+    for name in ("conv1", "conv2", "fc"):  # unified: the same nnz in every output channel
+        w = dict(model.named_modules())[name].weight.detach().reshape(
+            dict(model.named_modules())[name].weight.shape[0], -1)
+        nnz = (w != 0).sum(1)
+        assert int(nnz.min()) == int(nnz.max()), name
+        assert 1 - float(nnz.sum()) / w.numel() == pytest.approx(0.75, abs=0.05), name
+    with pytest.raises(ValueError, match="too few for gradual pruning"):
+        prune.recipes.run_recipe(recipe.replace(epochs=1), model=_model("smallcnn"),
+                                 train_set=Subset(train_set, range(64)), test_set=test,
+                                 progress=False)

@@ -19,6 +19,7 @@ dropped); ratio = dense median / sparse median.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 import math
@@ -31,6 +32,10 @@ from torch import nn
 from ._atomic import atomic_dir, atomic_path
 
 METHODS = ("magnitude", "global", "nm", "filter", "unified")
+#: Methods pruned gradually (AGP, through :func:`sparsecnn.prune.recipes.run_recipe`) when
+#: ``epochs > 0``: method -> (recipe ``scope``, recipe ``method``).
+GRADUAL = {"magnitude": ("layer", "magnitude"), "global": ("global", "magnitude"),
+           "unified": ("layer", "unified")}
 DEFAULT_OUT = "sparsecnn-results"
 #: Output check of the sparse model against the pruned dense model:
 #: ``max|y_sparse - y_dense| <= VERIFY_TOL * max(1, max|y_dense|)`` and identical top-1.
@@ -156,8 +161,46 @@ def _default_weights(model_name: str) -> Path | None:
 # ---------------------------------------------------------------------------------------------
 # pruning
 # ---------------------------------------------------------------------------------------------
-def _prune(model, model_name, method, sparsity, epochs, train_set, test_loader, seed,
-           prune_linear, progress, console) -> dict:
+def pruning_recipe(model_name: str | None, method: str, sparsity: float, epochs: int, *,
+                   seed: int = 0, weights=None, prune_linear: bool | None = None):
+    """The :class:`~sparsecnn.prune.recipes.Recipe` that ``optimize`` runs for gradual pruning.
+
+    Defaults per model from the ready-made recipes: the CIFAR ResNets take
+    :func:`~sparsecnn.prune.recipes.resnet20_cifar_90` (batch 128, lr 0.02, AGP over the first
+    60 % of the steps, distillation from the dense model, crop + flip), ``smallcnn`` takes
+    :func:`~sparsecnn.prune.recipes.smallcnn_digits`; any other model (or an ONNX import,
+    ``model_name=None``) the :class:`Recipe` defaults without augmentation or distillation.
+    ``method`` sets the scope (``"magnitude"``: per layer, ``"global"``: one threshold,
+    ``"unified"``: per layer, equal nnz per output channel); ``sparsity``, ``epochs``, ``seed``,
+    ``weights`` (the starting checkpoint's path, recorded; needed for distillation) and
+    ``prune_linear`` (None: the recipe's) override.
+
+    Raises
+    ------
+    ValueError
+        For a method that is not gradual (see :data:`GRADUAL`).
+    """
+    from .prune import recipes
+    if method not in GRADUAL:
+        raise ValueError(f"method {method!r} is not a gradual pruning method; expected one of "
+                         f"{list(GRADUAL)}")
+    scope, mask_method = GRADUAL[method]
+    if model_name == "smallcnn":
+        base = recipes.smallcnn_digits()
+    elif model_name is not None and model_name.startswith("resnet"):  # the CIFAR ResNets
+        base = recipes.resnet20_cifar_90(model=model_name)
+    else:
+        base = recipes.Recipe(model=model_name or "onnx", weights=None, dataset="npz",
+                              final_sparsity=sparsity, augment=False, kd_alpha=0.0)
+    changes = {"final_sparsity": sparsity, "epochs": epochs, "seed": seed, "scope": scope,
+               "method": mask_method, "weights": None if weights is None else str(weights)}
+    if prune_linear is not None:
+        changes["prune_linear"] = prune_linear
+    return base.replace(**changes)
+
+
+def _prune(model, model_name, recipe_key, method, sparsity, epochs, train_set, test_set,
+           weights, seed, prune_linear, progress, console) -> dict:
     from . import prune
     from .prune.masks import select_layers
     types = (nn.Conv2d, nn.Linear) if prune_linear else (nn.Conv2d,)
@@ -171,8 +214,7 @@ def _prune(model, model_name, method, sparsity, epochs, train_set, test_loader, 
         raise ValueError("fine-tuning (epochs > 0) needs training data: pass --train-data NPZ "
                          "or --epochs 0 (one-shot pruning)")
     t0 = time.perf_counter()
-    gradual = method in ("magnitude", "global", "unified")
-    if epochs == 0 or not gradual:
+    if epochs == 0 or method not in GRADUAL:
         if method in ("magnitude", "global"):
             prune.magnitude_prune_(model, sparsity, scope="layer" if method == "magnitude" else "global",
                                    layers=layers)
@@ -191,25 +233,22 @@ def _prune(model, model_name, method, sparsity, epochs, train_set, test_loader, 
             prune.train(model, loader, epochs, 0.01, seed=seed, progress=progress,
                         description=f"fine-tune {method}")
             info["schedule"] = f"one-shot + {epochs} epochs fine-tuning"
-    else:
-        bs = 64 if model_name == "smallcnn" else 128
-        loader = prune.make_loader(train_set, bs, shuffle=True, seed=seed)
-        total = epochs * len(loader)
-        start = int(0.2 * total) if model_name == "smallcnn" else 0
-        end = min(max(int(0.6 * total), start + 1), total - 1)
-        if end <= start:
-            raise ValueError(f"{epochs} epochs of {len(loader)} batches are too few for gradual "
-                             "pruning; use more epochs or --epochs 0")
-        freq = max(1, len(loader) // 2)
-        pruner = prune.GradualPruner(model, sparsity, start, end, freq,
-                                     scope="global" if method == "global" else "layer",
-                                     method="unified" if method == "unified" else "magnitude",
-                                     layers=layers)
-        lr = 0.05 if model_name == "smallcnn" else 0.02
-        prune.train(model, loader, epochs, lr, pruner=pruner, seed=seed, progress=progress,
-                    description=f"AGP {method} -> {sparsity:.0%}")
-        info["schedule"] = (f"AGP (Zhu & Gupta 2017) over steps {start}..{end} of {total}, "
-                            f"every {freq} steps, lr {lr} cosine")
+    else:  # gradual: the recipe mechanism (sparsecnn.prune.recipes)
+        recipe = pruning_recipe(recipe_key, method, sparsity, epochs, seed=seed, weights=weights,
+                                prune_linear=prune_linear).replace(model=model_name)
+        out = prune.recipes.run_recipe(recipe, model=model, train_set=train_set,
+                                       test_set=test_set, progress=progress)
+        sch = out["schedule"]
+        text = (f"AGP (Zhu & Gupta 2017) over steps {sch['start_step']}..{sch['end_step']} of "
+                f"{sch['total_steps']}, every {sch['frequency']} steps, {recipe.scope} "
+                f"{recipe.method}; SGD lr {recipe.lr} cosine, batch {recipe.batch_size}")
+        if sch["distillation"]:
+            text += (f", distillation from the dense model (alpha {recipe.kd_alpha}, "
+                     f"T {recipe.kd_temperature})")
+        if sch["augment"]:
+            text += ", random crop + flip"
+        info.update(schedule=text, recipe=dataclasses.asdict(recipe), layers=out["layers"],
+                    agp=sch)
     prune.finalize_(model)
     model.eval()
     info["seconds"] = time.perf_counter() - t0
@@ -302,7 +341,11 @@ def optimize(model: str = "smallcnn", *, weights=None, data=None, train_data=Non
     sparsity : float in [0, 1)
         Target sparsity of the pruned layers (0: use the weights as given).
     method : {"magnitude", "global", "nm", "filter", "unified"}
-        Per-layer or global magnitude (gradual, AGP), N:M, filter (structured) or unified-row.
+        Per-layer or global magnitude, N:M, filter (structured) or unified-row. With
+        ``epochs > 0`` the magnitude, global and unified methods prune gradually (AGP) through
+        :func:`sparsecnn.prune.recipes.run_recipe`, with the recipe of :func:`pruning_recipe`
+        (CIFAR ResNets: distillation from the dense model + crop/flip, as
+        ``resnet20_cifar_90``); N:M and filter prune one-shot, then fine-tune with fixed masks.
     epochs : int or None
         Fine-tuning epochs during/after pruning (default: 15 for smallcnn, 0 = one-shot otherwise).
     batch_sizes : sequence of int
@@ -380,8 +423,9 @@ def optimize(model: str = "smallcnn", *, weights=None, data=None, train_data=Non
 
     # -- prune ------------------------------------------------------------------------------------
     pruned = copy.deepcopy(net)
-    prune_info = _prune(pruned, name, method, sparsity, epochs, train_set, test_loader, seed,
-                        prune_linear, progress, console)
+    prune_info = _prune(pruned, name, model if onnx is None else None, method, sparsity, epochs,
+                        train_set, test_set, weights_info.get("path"), seed, prune_linear,
+                        progress, console)
     pruned.eval()
     from .prune import sparsity_of
     layer_sparsity = sparsity_of(pruned)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -11,6 +12,12 @@ import torch
 import torch.nn as nn
 
 _MAX_LISTED = 5
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def _one_line(text: str) -> str:
+    """``text`` on one line: terminal escape codes removed, whitespace runs folded to a space."""
+    return " ".join(_ANSI.sub("", str(text)).split())
 
 
 def _strip_module(state: Mapping) -> dict:
@@ -29,15 +36,16 @@ def _read_checkpoint(path: Path, trusted: bool):
         raise ValueError(f"cannot read checkpoint {path}: not a file")
     try:
         return torch.load(path, map_location="cpu", weights_only=not trusted)
-    except pickle.UnpicklingError as exc:
+    except pickle.UnpicklingError as exc:  # torch's text spans lines: fold it
         hint = "" if trusted else " (if you trust the file, pass trusted=True to allow full unpickling)"
-        raise ValueError(f"cannot read checkpoint {path}: {exc}{hint}") from exc
+        raise ValueError(_one_line(f"cannot read checkpoint {path}: {exc}{hint}")) from exc
     except Exception as exc:  # noqa: BLE001 - torch.load raises many types on corrupt input
-        raise ValueError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from exc
+        raise ValueError(_one_line(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}")) \
+            from exc
 
 
 def _listing(keys) -> str:
-    keys = list(keys)
+    keys = [_one_line(k) for k in keys]
     more = f" (+{len(keys) - _MAX_LISTED} more)" if len(keys) > _MAX_LISTED else ""
     return ", ".join(keys[:_MAX_LISTED]) + more
 
@@ -69,7 +77,8 @@ def load_weights(model: nn.Module, path_or_state, *, trusted: bool = False) -> n
     ValueError
         If the file cannot be read ("cannot read checkpoint ..."), holds no state dict, or its
         keys/shapes do not fit the architecture (the message lists the first few missing,
-        unexpected and shape-mismatched keys). BatchNorm ``num_batches_tracked`` buffers are
+        unexpected and shape-mismatched keys). Messages are one line (whitespace folded).
+        BatchNorm ``num_batches_tracked`` buffers are
         optional (older checkpoints lack them).
     TypeError
         If ``model`` is not an ``nn.Module`` or ``path_or_state`` is neither a path nor a mapping.
@@ -114,9 +123,9 @@ def load_weights(model: nn.Module, path_or_state, *, trusted: bool = False) -> n
             parts.append(f"{len(unexpected)} unexpected: {_listing(unexpected)}")
         if mismatched:
             parts.append(f"{len(mismatched)} shape-mismatched: {_listing(mismatched)}")
-        raise ValueError(
+        raise ValueError(_one_line(
             f"checkpoint {source} does not fit {type(model).__name__}: " + "; ".join(parts)
-        )
+        ))
     model.load_state_dict(state, strict=False)
     return model
 

@@ -9,6 +9,9 @@ so a long recipe can run in slices) and returns the pruned model with its measur
 - :func:`resnet20_cifar_90_uniform`: the same with every conv layer at exactly 90 %: 88.65 %.
 - :func:`smallcnn_digits`: the embedded default, a small CNN trained from scratch on 8x8 digits
   and pruned to 80 % (seconds on a laptop).
+
+``sparsecnn optimize`` (:mod:`sparsecnn.pipeline`) runs its gradual pruning through
+:func:`run_recipe` too, with a recipe built from these (its own model and data sets passed in).
 """
 
 from __future__ import annotations
@@ -38,9 +41,15 @@ class Recipe:
         Checkpoint file name under ``<shared data>/resnet_cifar10`` (or an absolute path) to start
         from; None trains from scratch.
     dataset : {"cifar10_subsets", "digits"}
+        The data set :func:`run_recipe` loads when it is not given ``train_set``/``test_set``
+        (then only a label).
     final_sparsity : float
         AGP target (``s_f``) for the pruned layers.
     scope : {"layer", "global"}
+        Magnitude threshold per layer or over all pruned layers.
+    method : {"magnitude", "unified"}
+        Mask rule of :class:`~sparsecnn.prune.GradualPruner` (``"unified"``: every output channel
+        of a layer keeps the same nnz; needs ``scope="layer"``).
     prune_linear : bool
         Also prune Linear layers (False: conv layers only, the classifier stays dense).
     skip_first_conv : bool
@@ -63,6 +72,7 @@ class Recipe:
     dataset: str
     final_sparsity: float
     scope: str = "layer"
+    method: str = "magnitude"
     prune_linear: bool = False
     skip_first_conv: bool = False
     epochs: int = 20
@@ -169,6 +179,8 @@ def run_recipe(
     time_budget_s: float | None = None,
     progress: bool = True,
     model: nn.Module | None = None,
+    train_set=None,
+    test_set=None,
     eval_each_epoch: bool = False,
 ) -> dict:
     """Run a gradual-pruning recipe: load, (distil +) prune + fine-tune, evaluate.
@@ -183,7 +195,12 @@ def run_recipe(
         Stop after the epoch in which this many seconds passed.
     progress : bool
     model : torch.nn.Module, optional
-        Starting model (default :func:`build_start_model`).
+        Starting model (default :func:`build_start_model`), pruned in place. With
+        ``recipe.weights`` set it counts as pretrained: its top-1 is measured and it is the
+        distillation teacher.
+    train_set, test_set : torch.utils.data.Dataset, optional
+        Training and evaluation data (``(x, y)`` items); each defaults to the split of
+        ``recipe.dataset``.
     eval_each_epoch : bool
         Measure test top-1 after every epoch (``history[i]["eval_acc"]``).
 
@@ -193,18 +210,23 @@ def run_recipe(
         ``finished`` (bool), ``model`` (the pruned model, masks baked in when finished),
         ``dense_top1`` (starting model, or None when training from scratch), ``top1`` (test top-1
         in [0, 1]), ``sparsity`` (per layer), ``pruned_sparsity`` (over the pruned layers),
-        ``layers`` (pruned layer names), ``history``, ``seconds`` (this call), ``recipe``.
+        ``layers`` (pruned layer names), ``history``, ``seconds`` (this call), ``recipe``,
+        ``schedule`` (``start_step``, ``end_step``, ``total_steps``, ``frequency`` of the AGP
+        ramp in optimizer steps, ``distillation`` and ``augment``: whether they were used).
 
     Raises
     ------
     ValueError, FileNotFoundError
-        Bad recipe fields; missing data or weights.
+        Bad recipe fields (too few steps for the AGP ramp included); missing data or weights.
     """
     import copy
 
     from .. import data as data_mod
 
-    train_set, test_set = _datasets(recipe.dataset)
+    if train_set is None or test_set is None:
+        named_train, named_test = _datasets(recipe.dataset)
+        train_set = named_train if train_set is None else train_set
+        test_set = named_test if test_set is None else test_set
     train_loader = make_loader(train_set, recipe.batch_size, shuffle=True, seed=recipe.seed)
     test_loader = make_loader(test_set, 512, shuffle=False)
     if model is None:
@@ -222,6 +244,10 @@ def run_recipe(
     total = recipe.epochs * steps_per_epoch
     start = int(recipe.prune_start * total)
     end = min(max(int(recipe.prune_end * total), start + 1), total - 1)
+    if end <= start:
+        raise ValueError(f"{recipe.epochs} epochs of {steps_per_epoch} batches are too few for "
+                         f"gradual pruning (the AGP ramp needs start < end step < {total}); use "
+                         "more epochs")
     freq = max(1, steps_per_epoch // max(1, recipe.prunes_per_epoch))
     types = (nn.Conv2d, nn.Linear) if recipe.prune_linear else (nn.Conv2d,)
     from .masks import select_layers
@@ -229,7 +255,7 @@ def run_recipe(
     layer_names = [n for n, _ in select_layers(model, skip_first_conv=recipe.skip_first_conv,
                                                types=types)]
     pruner = GradualPruner(model, recipe.final_sparsity, start, end, freq, scope=recipe.scope,
-                           layers=layer_names)
+                           method=recipe.method, layers=layer_names)
     augment = data_mod.random_crop_flip if recipe.augment and recipe.dataset != "digits" else None
     t0 = time.perf_counter()
     result = train(model, train_loader, recipe.epochs, recipe.lr, momentum=recipe.momentum,
@@ -241,7 +267,10 @@ def run_recipe(
                    description=f"{recipe.model} -> {recipe.final_sparsity:.0%}")
     out = {"finished": result.finished, "model": model, "dense_top1": dense_top1,
            "history": result.history, "recipe": recipe, "layers": layer_names,
-           "seconds": time.perf_counter() - t0}
+           "seconds": time.perf_counter() - t0,
+           "schedule": {"start_step": start, "end_step": end, "total_steps": total,
+                        "frequency": freq, "distillation": teacher is not None,
+                        "augment": augment is not None}}
     if result.finished:
         finalize_(model)
         model.eval()
