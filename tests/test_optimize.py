@@ -55,7 +55,16 @@ def test_optimize_end_to_end_tiny(tmp_path):
         for r in rows:  # never slower than dense by the tuner's own measurement
             assert r["chosen_ms"] <= r["dense_ms"]
     assert data["model_bytes"]["sparse"] < data["model_bytes"]["dense"]
+    # quantization of the pruned weights: every method reported, fewer bytes than fp32 CSR
+    quant = {r["method"]: r for r in data["quantization"]}
+    assert list(quant) == list(pipeline.QUANT_METHODS)
+    for r in quant.values():
+        assert 0.0 <= r["top1"] <= 1.0
+        assert r["delta_points"] == pytest.approx(100 * (r["top1"] - data["accuracy"]["pruned_top1"]))
+        assert r["nbytes"] < r["fp32_nbytes"]
+    assert quant["fp16"]["nbytes"] > quant["int8_sym"]["nbytes"] > quant["kmeans"]["nbytes"]
     summary = (folder / "summary.md").read_text()
+    assert "## Quantization" in summary and "| kmeans |" in summary
     assert "| batch |" in summary and "conv2" in summary and "BN not folded" in summary
     # the saved sparse model reloads and runs
     model = snn.load(folder / "model.pt")
@@ -194,3 +203,12 @@ def test_optimize_gradual_resnet_uses_recipe(tmp_path, monkeypatch):
             assert s == pytest.approx(0.9, abs=0.01), layer
     assert res["pruning"]["layer_sparsity"]["linear"] < 0.5
     assert res["verify"]["within_tolerance"]
+
+
+def test_unknown_quantization_method_fails_before_any_work(tmp_path):
+    out = tmp_path / "results"
+    earlier = _earlier(out)
+    with pytest.raises(ValueError, match="unknown quantization method.*int3"):
+        pipeline.optimize("smallcnn", quantize=["fp16", "int3"], out_dir=out, progress=False)
+    assert sorted(p.name for p in out.iterdir()) == [earlier.name]
+    assert not (tmp_path / "cache").exists()  # nothing trained or cached

@@ -29,8 +29,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from . import quant
 from ._atomic import atomic_dir, atomic_path
 
+#: quantization methods reported by default (all of :data:`sparsecnn.quant.METHODS`)
+QUANT_METHODS = tuple(quant.METHODS)
 METHODS = ("magnitude", "global", "nm", "filter", "unified")
 #: Methods pruned gradually (AGP, through :func:`sparsecnn.prune.recipes.run_recipe`) when
 #: ``epochs > 0``: method -> (recipe ``scope``, recipe ``method``).
@@ -255,6 +258,38 @@ def _prune(model, model_name, recipe_key, method, sparsity, epochs, train_set, t
     return info
 
 
+def quantization_report(pruned: nn.Module, test_loader, methods, pruned_top1: float) -> list[dict]:
+    """Top-1 and storage of the pruned model with its Conv2d/Linear weights quantized.
+
+    Each method runs on a copy (fake quantization: weights replaced by their dequantized values,
+    zeros kept; :func:`sparsecnn.quant.quantize_model_`). Storage is the CSR layout at the
+    layers' nnz (int32 indices) with quantized values plus scales/codebooks. The sparse kernels
+    compute in fp32, so quantization changes storage and accuracy here, not speed.
+
+    Returns
+    -------
+    list of dict
+        Per method: ``method``, ``top1``, ``delta_points`` (percentage points vs ``pruned_top1``),
+        ``nbytes`` and ``fp32_nbytes`` (same CSR storage, float32 values), ``ratio``.
+
+    Raises
+    ------
+    ValueError
+        An unknown method (the message lists :data:`sparsecnn.quant.METHODS`).
+    """
+    from .prune import evaluate
+    rows = []
+    for method in methods:
+        q = copy.deepcopy(pruned)
+        layers = quant.quantize_model_(q, method)
+        top1 = evaluate(q, test_loader)
+        nbytes = sum(r["nbytes"] for r in layers)
+        fp32 = sum(r["fp32_nbytes"] for r in layers)
+        rows.append({"method": method, "top1": top1, "delta_points": 100 * (top1 - pruned_top1),
+                     "nbytes": nbytes, "fp32_nbytes": fp32, "ratio": fp32 / max(nbytes, 1)})
+    return rows
+
+
 # ---------------------------------------------------------------------------------------------
 # verification and timing
 # ---------------------------------------------------------------------------------------------
@@ -326,7 +361,7 @@ def optimize(model: str = "smallcnn", *, weights=None, data=None, train_data=Non
              batch_sizes=(1, 64), threads: int = 2, format: str = "csr", onnx=None,
              export_onnx=None, out_dir=DEFAULT_OUT, tune: bool = True, seed: int = 0,
              prune_linear: bool | None = None, time_s: float = 1.0, progress: bool = True,
-             console=None) -> dict:
+             quantize=QUANT_METHODS, console=None) -> dict:
     """Train or load a model, prune it, sparsify and tune it, verify, benchmark, write results.
 
     Parameters
@@ -364,6 +399,9 @@ def optimize(model: str = "smallcnn", *, weights=None, data=None, train_data=Non
         Measure kernels per layer (else heuristic / cache).
     time_s : float
         Seconds of timed end-to-end calls per batch size.
+    quantize : sequence of str
+        :data:`sparsecnn.quant.METHODS` to report on the pruned model (top-1 and bytes each, see
+        :func:`quantization_report`); empty for none.
     console : rich.console.Console or None
         Progress log.
 
@@ -385,6 +423,11 @@ def optimize(model: str = "smallcnn", *, weights=None, data=None, train_data=Non
     batch_sizes = [int(b) if isinstance(b, (int, float)) and not isinstance(b, bool) and b == int(b)
                    else b for b in batch_sizes]
     _check_args(model, sparsity, method, epochs, batch_sizes, threads, format, onnx)
+    quantize = tuple(quantize)
+    unknown = [m for m in quantize if m not in quant.METHODS]
+    if unknown:
+        raise ValueError(f"unknown quantization method(s) {unknown}; expected any of "
+                         f"{list(quant.METHODS)}")
     t_start = time.perf_counter()
     sparsity = float(sparsity)
     threads_info = _set_threads(threads)
@@ -431,6 +474,10 @@ def optimize(model: str = "smallcnn", *, weights=None, data=None, train_data=Non
     layer_sparsity = sparsity_of(pruned)
     pruned_top1 = evaluate(pruned, test_loader)
     _log(console, f"pruned top-1 {pruned_top1:.2%}")
+    quant_rows = quantization_report(pruned, test_loader, quantize, pruned_top1)
+    for r in quant_rows:
+        _log(console, f"quantized {r['method']}: top-1 {r['top1']:.2%} ({r['delta_points']:+.2f} "
+                      f"points), {r['nbytes']:,} bytes")
     export_path = None
     if export_onnx is not None:
         from .onnx import export_onnx as _export
@@ -480,6 +527,7 @@ def optimize(model: str = "smallcnn", *, weights=None, data=None, train_data=Non
         "accuracy": {"dense_top1": dense_top1, "pruned_top1": pruned_top1,
                      "sparse_top1": check["sparse_top1"], "n": check["n"]},
         "pruning": {**prune_info, "layer_sparsity": layer_sparsity},
+        "quantization": quant_rows,
         "verify": check,
         "layers": {str(b): snn.layer_table(sparse, batch=b) for b in batch_sizes},
         "latency": timing,
@@ -563,6 +611,13 @@ def render_summary(result: dict) -> str:
                      f"{t['speedup_vs_folded']:.2f}x |")
     lines += ["", f"Model bytes: dense {mb['dense']:,} B, sparse {mb['sparse']:,} B "
               f"({mb['dense'] / max(mb['sparse'], 1):.2f}x smaller).", ""]
+    if result.get("quantization"):
+        lines += ["## Quantization of the pruned weights (CSR storage, fake-quantized top-1)", "",
+                  "| method | top-1 | change (points) | bytes | fp32 CSR bytes | ratio |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        lines += [f"| {r['method']} | {r['top1']:.2%} | {r['delta_points']:+.2f} | {r['nbytes']:,} "
+                  f"| {r['fp32_nbytes']:,} | {r['ratio']:.2f}x |" for r in result["quantization"]]
+        lines.append("")
     for b in result["batch_sizes"]:
         lines += [f"## Per layer, batch {b} (tuner medians, ms)", "",
                   "| layer | shape | sparsity | kernel | dense ms | chosen ms | speedup |",
@@ -606,5 +661,13 @@ def print_summary(result: dict, console=None) -> None:
     mb = result["model_bytes"]
     console.print(f"model bytes: dense {mb['dense']:,}  sparse {mb['sparse']:,}  "
                   f"({mb['dense'] / max(mb['sparse'], 1):.2f}x smaller)")
+    if result.get("quantization"):
+        t = Table(title="quantized pruned weights (CSR storage; kernels still run fp32)")
+        for col in ("method", "top-1", "change (points)", "bytes", "vs fp32 CSR"):
+            t.add_column(col, justify="left" if col == "method" else "right")
+        for r in result["quantization"]:
+            t.add_row(r["method"], f"{r['top1']:.2%}", f"{r['delta_points']:+.2f}",
+                      f"{r['nbytes']:,}", f"{r['ratio']:.2f}x smaller")
+        console.print(t)
     console.print(f"results: {result['results_dir']}")
 

@@ -19,7 +19,7 @@ def _sparsity(text: str) -> float:
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     from ..models import NAMES
-    from ..pipeline import DEFAULT_OUT, METHODS
+    from ..pipeline import DEFAULT_OUT, METHODS, QUANT_METHODS
     p = subparsers.add_parser(
         "optimize", help="prune, sparsify, tune and benchmark a model (default: SmallCNN on digits)",
         description="Train or load a model, prune it, convert it to sparse kernels (tuned per "
@@ -44,6 +44,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="seconds of timed end-to-end runs per batch size")
     p.add_argument("--out", default=DEFAULT_OUT, help=f"results parent folder (default {DEFAULT_OUT})")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quantize", nargs="+", default=list(QUANT_METHODS), metavar="METHOD",
+                   choices=[*QUANT_METHODS, "none"],
+                   help="quantization methods to report on the pruned model (top-1 and bytes); "
+                        f"any of {', '.join(QUANT_METHODS)}, or none (default: all)")
     p.set_defaults(func=run)
     return p
 
@@ -70,4 +74,5 @@ def _optimize(args, optimize, console):
                     sparsity=args.sparsity, method=args.method, epochs=args.epochs,
                     batch_sizes=args.batch_sizes, threads=args.threads, format=args.format,
                     onnx=args.onnx, export_onnx=args.export_onnx, out_dir=args.out,
-                    tune=not args.no_tune, seed=args.seed, time_s=args.time_s, console=console)
+                    tune=not args.no_tune, seed=args.seed, time_s=args.time_s,
+                    quantize=[m for m in args.quantize if m != "none"], console=console)
