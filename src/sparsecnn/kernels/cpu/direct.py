@@ -439,6 +439,25 @@ def _state(size: int) -> np.ndarray:
     return st[:size] if st.size != size else st
 
 
+# per weight object: (input shape, geometry, threads) -> (prepared weight, plan, jitted entry,
+# output shape), so a repeated call pays one dictionary lookup
+_CALLS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _call_entry(weight, key):
+    shape, stride, padding, dilation, groups, nt = key
+    n, c, h, w = shape
+    d = prepare(weight, (c, h, w), stride, padding, dilation, groups)
+    p = plan(d, n, nt)
+    e = (d, p, _run_parallel if p.parallel else _run_serial, (n, d.shape[0]) + tuple(d.out_hw))
+    with _CACHE_LOCK:
+        per = _CALLS.setdefault(weight, {})
+        if len(per) >= _MAX_PER_WEIGHT:
+            per.pop(next(iter(per)))
+        per[key] = e
+    return e
+
+
 def _bias_array(bias, k: int, d: DirectConvCSR) -> np.ndarray:
     if bias is None:
         z = getattr(d, "_zero_bias", None)
@@ -474,17 +493,21 @@ def conv2d_direct(x, weight, bias, stride, padding, dilation, groups, relu):
     Arguments are validated by :func:`sparsecnn.conv2d`; this function trusts them. The first
     call per (weight, input geometry) rewrites the weight (:func:`prepare`); later calls reuse it.
     """
-    n, c, h, w = x.shape
-    d = prepare(weight, (c, h, w), stride, padding, dilation, groups)
-    p = plan(d, n)
-    k = d.shape[0]
-    oh, ow = d.out_hw
-    out = np.empty((n, k, oh, ow), dtype=np.float32)
-    run = _run_parallel if p.parallel else _run_serial
-    xs = (x.detach() if x.requires_grad else x).numpy()
-    run(xs, _workspace("x", p.buf_len), p.prm, d.offsets, d.values, d.blkptr,
-        _bias_array(bias, k, d), out, p.kb, p.tb, _workspace("sc", p.sc_len), p.masks, p.opos,
-        _state(n * p.nsl), p.emask, p.epos, p.nitems, bool(relu))
+    nt = numba.get_num_threads()
+    key = (x.shape, stride, padding, dilation, groups, nt)
+    per = _CALLS.get(weight)
+    e = None if per is None else per.get(key)
+    if e is None:
+        e = _call_entry(weight, key)
+    d, p, run, oshape = e
+    ws = getattr(_TLS, "call", None)
+    if ws is None or ws[0] is not p:
+        ws = _TLS.call = (p, _workspace("x", p.buf_len), _workspace("sc", p.sc_len),
+                          _state(oshape[0] * p.nsl))
+    out = np.empty(oshape, dtype=np.float32)
+    run((x.detach() if x.requires_grad else x).numpy(), ws[1], p.prm, d.offsets, d.values,
+        d.blkptr, _bias_array(bias, oshape[1], d), out, p.kb, p.tb, ws[2], p.masks, p.opos,
+        ws[3], p.emask, p.epos, p.nitems, bool(relu))
     return torch.from_numpy(out)
 
 
