@@ -7,7 +7,8 @@ ICLR; the same data layout as Escoin, Chen 2018):
    prepared input (:class:`~sparsecnn.formats.direct.DirectConvCSR`, cached per weight object
    and geometry).
 2. Per call, the input is copied once into a flat, 64-byte aligned float32 buffer (reused per
-   Python thread): padded, and for stride > 1 split into ``sh * sw`` phase planes
+   Python thread): padded (stride 1: one ``vexpandps`` + store per 16 floats of a padded plane,
+   lane masks precomputed per plan), and for stride > 1 split into ``sh * sw`` phase planes
    (space-to-depth; stride 2 with AVX-512 even/odd shuffles), so that every tap of every stride
    is a stride-1 read.
 3. Each output channel's plane is computed over the padded row width ``Wph`` as one contiguous
@@ -17,7 +18,9 @@ ICLR; the same data layout as Escoin, Chen 2018):
    ``NV`` permutes, and ``NV`` FMAs per nonzero. Bias initialises the accumulators; ReLU is
    applied when the tile is stored into the ``(N, K, OH, OW)`` output, the ``Wph - OW`` junk
    columns packed out with ``vcompressps`` and a masked store.
-4. Threads (``prange``) take work items ``(image, chunk of output channels, group of tiles)``;
+4. Threads (``prange``, one parallel region per call: the input preparation is split into
+   channel slices claimed atomically by the items sharing an image, see :func:`_run_parallel`)
+   take work items ``(image, chunk of output channels, group of tiles)``;
    output-channel chunks are balanced by nnz with :func:`partition_rows`. Inside an item tiles
    are the outer loop and channels the inner one, so a tile's input window is reused from cache
    across channels. Input channels may be blocked (``cblock``) so the slice of input a block's
