@@ -161,6 +161,125 @@ def _deint32(typingctx, dst, de, ne, do, no, src, si, n):
     return sig, codegen
 
 
+@intrinsic
+def expand16(typingctx, dst, di, nst, src, si, m):
+    """Expand-load: lanes set in bit mask ``m`` (int32, 16 bits) take the next
+    ``popcount(m)`` floats of ``src[si:]`` in order, the others 0; store the first ``nst <= 16``
+    lanes at ``dst[di:]`` (``vexpandps`` + masked store). Reads only ``popcount(m)`` floats.
+    """
+    sig = types.void(dst, di, nst, src, si, m)
+
+    def codegen(context, builder, signature, args):
+        at = signature.args
+        d = context.make_array(at[0])(context, builder, args[0]).data
+        s = context.make_array(at[3])(context, builder, args[3]).data
+
+        def cast(i, ty):
+            return context.cast(builder, args[i], at[i], ty)
+
+        _, st = _masked_fns(builder)
+        ld, _ = _masked_fns(builder)
+        expand = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(_VTY, [_VTY, _VTY, _MTY]),
+            "llvm.x86.avx512.mask.expand.v16f32")
+        ctpop = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(_I32, [_I32]), "llvm.ctpop.i32")
+        m32 = cast(5, types.int32)
+        lanes = builder.bitcast(builder.trunc(m32, ir.IntType(16)), _MTY)
+        zero = ir.Constant(_VTY, [0.0] * VEC)
+        # a contiguous masked load of popcount(m) floats, then a register expand (the
+        # memory form of vexpandps is slow)
+        raw = builder.call(ld, [builder.bitcast(builder.gep(s, [cast(4, types.int64)]),
+                                                _VTY.as_pointer()), ir.Constant(_I32, 4),
+                                _lane_mask(builder, builder.call(ctpop, [m32])), zero])
+        v = builder.call(expand, [raw, zero, lanes])
+        builder.call(st, [v, builder.bitcast(builder.gep(d, [cast(1, types.int64)]),
+                                             _VTY.as_pointer()),
+                          ir.Constant(_I32, 4), _lane_mask(builder, cast(2, types.int32))])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def expand16_full(typingctx, dst, di, src, si, m):
+    """:func:`expand16` with all 16 lanes stored and 16 floats read from ``src[si:]`` (plain
+    unaligned load and store: both ranges must be valid)."""
+    sig = types.void(dst, di, src, si, m)
+
+    def codegen(context, builder, signature, args):
+        at = signature.args
+        d = context.make_array(at[0])(context, builder, args[0]).data
+        s = context.make_array(at[2])(context, builder, args[2]).data
+
+        def cast(i, ty):
+            return context.cast(builder, args[i], at[i], ty)
+
+        expand = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(_VTY, [_VTY, _VTY, _MTY]),
+            "llvm.x86.avx512.mask.expand.v16f32")
+        lanes = builder.bitcast(builder.trunc(cast(4, types.int32), ir.IntType(16)), _MTY)
+        raw = builder.load(builder.bitcast(builder.gep(s, [cast(3, types.int64)]),
+                                           _VTY.as_pointer()), align=4)
+        v = builder.call(expand, [raw, ir.Constant(_VTY, [0.0] * VEC), lanes])
+        builder.store(v, builder.bitcast(builder.gep(d, [cast(1, types.int64)]),
+                                         _VTY.as_pointer()), align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+def _state_ptr(context, builder, aty, arr, idx, ity):
+    a = context.make_array(aty)(context, builder, arr)
+    return builder.gep(a.data, [context.cast(builder, idx, ity, types.int64)])
+
+
+@intrinsic
+def try_claim(typingctx, state, i):
+    """Atomically set ``state[i]`` (int32) from 0 to 1; True if this call did it (acq_rel)."""
+    sig = types.boolean(state, i)
+
+    def codegen(context, builder, signature, args):
+        ptr = _state_ptr(context, builder, signature.args[0], args[0], args[1], signature.args[1])
+        res = builder.cmpxchg(ptr, ir.Constant(_I32, 0), ir.Constant(_I32, 1), "acq_rel",
+                              "acquire")
+        return builder.extract_value(res, 1)
+
+    return sig, codegen
+
+
+@intrinsic
+def publish(typingctx, state, i):
+    """``state[i] = 2`` with release ordering (the writes before it are visible to an
+    :func:`is_ready` that sees it)."""
+    sig = types.void(state, i)
+
+    def codegen(context, builder, signature, args):
+        ptr = _state_ptr(context, builder, signature.args[0], args[0], args[1], signature.args[1])
+        builder.store_atomic(ir.Constant(_I32, 2), ptr, "release", 4)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def is_ready(typingctx, state, i):
+    """``state[i] == 2`` (acquire load); issues a ``pause`` when not (spin-wait hint)."""
+    sig = types.boolean(state, i)
+
+    def codegen(context, builder, signature, args):
+        ptr = _state_ptr(context, builder, signature.args[0], args[0], args[1], signature.args[1])
+        v = builder.load_atomic(ptr, "acquire", 4)
+        ok = builder.icmp_signed("==", v, ir.Constant(_I32, 2))
+        with builder.if_then(builder.not_(ok)):
+            pause = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(ir.VoidType(), []), "llvm.x86.sse2.pause")
+            builder.call(pause, [])
+        return ok
+
+    return sig, codegen
+
+
 @njit(cache=True, nogil=True)
 def deinterleave2(dst, de, ne, do, no, src, si, n):
     """``dst[de:de+ne] = src[si::2][:ne]``, ``dst[do:do+no] = src[si+1::2][:no]`` reading only
@@ -387,7 +506,7 @@ _t23 = _make_intrinsic(23)
 _t24 = _make_intrinsic(24)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def fma_tile(nv, x, xbase, offs, vals, j0, j1, sc, sbase, bias, out, obase, masks, opos, mbase,
              flags):
     """One tile of one output channel: ``acc += sum_j vals[j] * x[xbase + offs[j] : +16 nv]``

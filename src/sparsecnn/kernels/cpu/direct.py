@@ -7,7 +7,8 @@ ICLR; the same data layout as Escoin, Chen 2018):
    prepared input (:class:`~sparsecnn.formats.direct.DirectConvCSR`, cached per weight object
    and geometry).
 2. Per call, the input is copied once into a flat, 64-byte aligned float32 buffer (reused per
-   Python thread): padded, and for stride > 1 split into ``sh * sw`` phase planes
+   Python thread): padded (stride 1: one ``vexpandps`` + store per 16 floats of a padded plane,
+   lane masks precomputed per plan), and for stride > 1 split into ``sh * sw`` phase planes
    (space-to-depth; stride 2 with AVX-512 even/odd shuffles), so that every tap of every stride
    is a stride-1 read.
 3. Each output channel's plane is computed over the padded row width ``Wph`` as one contiguous
@@ -17,7 +18,9 @@ ICLR; the same data layout as Escoin, Chen 2018):
    ``NV`` permutes, and ``NV`` FMAs per nonzero. Bias initialises the accumulators; ReLU is
    applied when the tile is stored into the ``(N, K, OH, OW)`` output, the ``Wph - OW`` junk
    columns packed out with ``vcompressps`` and a masked store.
-4. Threads (``prange``) take work items ``(image, chunk of output channels, group of tiles)``;
+4. Threads (``prange``, one parallel region per call: the input preparation is split into
+   channel slices claimed atomically by the items sharing an image, see :func:`_run_parallel`)
+   take work items ``(image, chunk of output channels, group of tiles)``;
    output-channel chunks are balanced by nnz with :func:`partition_rows`. Inside an item tiles
    are the outer loop and channels the inner one, so a tile's input window is reused from cache
    across channels. Input channels may be blocked (``cblock``) so the slice of input a block's
@@ -38,7 +41,8 @@ from numba import njit, prange
 
 from ...formats.direct import DirectConvCSR
 from ..registry import Kernel, register
-from ._simd import NV_MAX, VEC, deinterleave2, fma_tile, vcopy, vfill
+from ._simd import (NV_MAX, VEC, deinterleave2, expand16, expand16_full, fma_tile, is_ready, publish,
+                    try_claim, vfill)
 
 __all__ = ["conv2d_direct", "partition_rows", "prepare", "plan"]
 
@@ -52,8 +56,8 @@ MIN_BLOCK_NNZ = 16
 
 # prm indices (int64 geometry/plan vector passed to the jitted functions)
 (_SH, _SW, _PH, _PW, _HPH, _WPH, _PLANE, _NPHASE, _IMG, _OH, _OW, _K, _NV, _TL, _NT, _NB,
- _NKC, _NTG, _SCI, _L, _BUF) = range(21)
-_NPRM = 21
+ _NKC, _NTG, _SCI, _L, _BUF, _NSL) = range(22)
+_NPRM = 22
 
 
 # --------------------------------------------------------------------------------------------
@@ -114,7 +118,8 @@ def partition_rows(rowptr, nparts: int, row_cost: float = 1.0) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 @njit(cache=True, nogil=True)
 def _prepare_input(i, x, xbuf, prm, C, H, W):
-    """Copy channel ``i = n * C + c`` of ``x`` (flat NCHW) into its padded phase planes."""
+    """Copy channel ``i = n * C + c`` of ``x`` (flat NCHW) into its padded phase planes
+    (stride > 1; stride 1 is :func:`_prepare_slice`)."""
     sh, sw, ph, pw = prm[_SH], prm[_SW], prm[_PH], prm[_PW]
     hph, wph, plane, nphase = prm[_HPH], prm[_WPH], prm[_PLANE], prm[_NPHASE]
     src0 = i * H * W
@@ -122,13 +127,6 @@ def _prepare_input(i, x, xbuf, prm, C, H, W):
     c = i - n * C
     dst0 = n * prm[_IMG] + c * nphase * plane
     vfill(xbuf, dst0, nphase * plane, 0.0)
-    if c == C - 1:  # the alignment gap at the end of the image
-        vfill(xbuf, dst0 + nphase * plane, prm[_IMG] - C * nphase * plane, 0.0)
-    if sh == 1 and sw == 1:
-        # padded rows: Hph = H + 2 ph, Wph = W + 2 pw (stride 1)
-        for iy in range(H):
-            vcopy(xbuf, dst0 + (iy + ph) * wph + pw, x, src0 + iy * W, W, False)
-        return
     if sh == 2 and sw == 2:
         # each input row goes to one phase-row pair; evens / odds split with AVX-512 shuffles
         pe, po = pw & 1, (1 + pw) & 1
@@ -184,45 +182,99 @@ def _compute_item(it, xbuf, prm, offs, vals, blkptr, bias, out, kb, tb, sc, mask
     for t in range(tb[tg], tb[tg + 1]):
         xt = xb + t * tl
         mb = t * nv
-        if nb == 1:
+        # one call site of the (inlined) register-tile intrinsics keeps compile time down;
+        # with one block the scratch buffer is never touched
+        for blk in range(nb):
+            fl = 0 if blk == 0 else 1
+            if blk == nb - 1:
+                fl |= store
             for k in range(k0, k1):
-                fma_tile(nv, xbuf, xt, offs, vals, blkptr[2 * k], blkptr[2 * k + 1], sc, scb,
-                         bias[k], out, obase + k * plane_out, masks, opos, mb, store)
+                fma_tile(nv, xbuf, xt, offs, vals, blkptr[k * nb1 + blk],
+                         blkptr[k * nb1 + blk + 1], sc, scb + (k - k0) * tl, bias[k], out,
+                         obase + k * plane_out, masks, opos, mb, fl)
+
+
+@njit(cache=True, nogil=True)
+def _prepare_slice(n, sl, nsl, x, xbuf, prm, C, H, W, emask, epos):
+    """Prepare input channels ``[sl * C // nsl, (sl + 1) * C // nsl)`` of image ``n``.
+
+    Stride 1: one expand (``vexpandps``) + store per 16 floats of the padded plane
+    (``emask[v]``: which lanes of vector ``v`` are input pixels; ``epos[v]``: the index in the
+    channel of the first of them), so padding and copy are one pass with no per-row work.
+    """
+    c0, c1 = sl * C // nsl, (sl + 1) * C // nsl
+    plane = prm[_PLANE]
+    if c1 == C:  # the alignment gap at the end of the image
+        g0 = n * prm[_IMG] + C * prm[_NPHASE] * plane
+        vfill(xbuf, g0, prm[_IMG] - C * prm[_NPHASE] * plane, 0.0)
+    if prm[_SH] != 1 or prm[_SW] != 1:
+        for c in range(c0, c1):
+            _prepare_input(n * C + c, x, xbuf, prm, C, H, W)
+        return
+    nvp = emask.size
+    last = plane - (nvp - 1) * VEC
+    hw = H * W
+    for c in range(c0, c1):
+        src0 = (n * C + c) * hw
+        dst0 = n * prm[_IMG] + c * plane
+        if src0 + hw + VEC <= x.size:  # full 16-float loads may run into the next channel
+            for v in range(nvp - 1):
+                expand16_full(xbuf, dst0 + v * VEC, x, src0 + epos[v], emask[v])
         else:
-            for blk in range(nb):
-                fl = 0 if blk == 0 else 1
-                if blk == nb - 1:
-                    fl |= store
-                for k in range(k0, k1):
-                    fma_tile(nv, xbuf, xt, offs, vals, blkptr[k * nb1 + blk],
-                             blkptr[k * nb1 + blk + 1], sc, scb + (k - k0) * tl, bias[k], out,
-                             obase + k * plane_out, masks, opos, mb, fl)
+            for v in range(nvp - 1):
+                expand16(xbuf, dst0 + v * VEC, VEC, x, src0 + epos[v], emask[v])
+        expand16(xbuf, dst0 + (nvp - 1) * VEC, last, x, src0 + epos[nvp - 1], emask[nvp - 1])
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def _run_parallel(x4, xbuf, prm, offs, vals, blkptr, bias, out4, kb, tb, sc, masks, opos, nitems,
-                  relu):
+def _run_parallel(x4, xbuf, prm, offs, vals, blkptr, bias, out4, kb, tb, sc, masks, opos, state,
+                  emask, epos, nitems, relu):
+    """Input preparation and compute in one parallel region (one fork/join per call).
+
+    Items of the same image share its prepared input: it is cut into ``nsl`` channel slices,
+    each claimed atomically by the first item to reach it (items start at different slices, so
+    they split the work), then every item waits until all its image's slices are published.
+    A slice is only waited on while the thread that claimed it is preparing it, so this cannot
+    deadlock however the items are scheduled on threads.
+    """
     N, C, H, W = x4.shape
     x = x4.reshape(x4.size)
     out = out4.reshape(out4.size)
+    nsl = prm[_NSL]
+    m = prm[_NKC] * prm[_NTG]
     # zero the slack after the last image (read only by discarded junk columns)
     vfill(xbuf, N * prm[_IMG], prm[_BUF] - N * prm[_IMG], 0.0)
-    for i in prange(N * C):
-        _prepare_input(i, x, xbuf, prm, C, H, W)
+    for i in range(N * nsl):  # (a plain loop: an array expression would be a parallel region)
+        state[i] = 0
     for it in prange(nitems):
+        n = it // m
+        if m == 1:
+            _prepare_slice(n, 0, 1, x, xbuf, prm, C, H, W, emask, epos)
+        else:
+            s0 = (it - n * m) * nsl // m
+            for q in range(nsl):
+                sl = s0 + q
+                if sl >= nsl:
+                    sl -= nsl
+                if try_claim(state, n * nsl + sl):
+                    _prepare_slice(n, sl, nsl, x, xbuf, prm, C, H, W, emask, epos)
+                    publish(state, n * nsl + sl)
+            for sl in range(nsl):
+                while not is_ready(state, n * nsl + sl):
+                    pass
         _compute_item(it, xbuf, prm, offs, vals, blkptr, bias, out, kb, tb, sc, masks, opos,
                       relu)
 
 
 @njit(cache=True, nogil=True)
-def _run_serial(x4, xbuf, prm, offs, vals, blkptr, bias, out4, kb, tb, sc, masks, opos, nitems,
-                relu):
+def _run_serial(x4, xbuf, prm, offs, vals, blkptr, bias, out4, kb, tb, sc, masks, opos, state,
+                emask, epos, nitems, relu):
     N, C, H, W = x4.shape
     x = x4.reshape(x4.size)
     out = out4.reshape(out4.size)
     vfill(xbuf, N * prm[_IMG], prm[_BUF] - N * prm[_IMG], 0.0)
-    for i in range(N * C):
-        _prepare_input(i, x, xbuf, prm, C, H, W)
+    for n in range(N):
+        _prepare_slice(n, 0, 1, x, xbuf, prm, C, H, W, emask, epos)
     for it in range(nitems):
         _compute_item(it, xbuf, prm, offs, vals, blkptr, bias, out, kb, tb, sc, masks, opos,
                       relu)
@@ -288,7 +340,7 @@ class _Plan:
     """Tiles, work items and buffers sizes for one (prepared weight, batch, threads)."""
 
     __slots__ = ("prm", "kb", "tb", "nitems", "buf_len", "sc_len", "parallel", "nv", "ntiles",
-                 "masks", "opos")
+                 "masks", "opos", "nsl", "emask", "epos")
 
     def __init__(self, d: DirectConvCSR, n: int, nthreads: int):
         k = d.shape[0]
@@ -321,6 +373,10 @@ class _Plan:
         prm[_OH], prm[_OW], prm[_K] = oh, ow, k
         prm[_NV], prm[_TL], prm[_NT], prm[_NB] = nv, tl, ntiles, d.nblocks
         prm[_NKC], prm[_NTG], prm[_SCI], prm[_L] = nkc, ntg, sci, L
+        # input slices per image, claimed by the items sharing the image (see _run_parallel)
+        c = d.in_shape[0]
+        self.nsl = min(c, 2 * nkc * ntg) if nkc * ntg > 1 else 1
+        prm[_NSL] = self.nsl
         self.prm, self.kb, self.tb, self.nitems = prm, kb, tb, nitems
         # the last tile of the last image reads up to max_offset + ntiles * tl + 16 floats
         # past its base (one aligned vector beyond the tile, see _simd.fma_tile)
@@ -337,6 +393,20 @@ class _Plan:
         self.masks = bits.astype(np.int32)
         before = np.concatenate(([0], np.cumsum(valid)))[::VEC][:-1]
         self.opos = before.astype(np.int32)
+        # stride 1: per 16-lane vector of a padded input plane, which lanes hold input pixels
+        # and the index in the (H, W) channel of the first of them (see _prepare_slice)
+        if d.nphase == 1:
+            _, h, w = d.in_shape
+            ph, pw = d.padding
+            pos = np.arange(-(-d.plane // VEC) * VEC, dtype=np.int64)
+            row, col = pos // wph, pos % wph
+            inside = ((pos < d.plane) & (row >= ph) & (row < ph + h) & (col >= pw)
+                      & (col < pw + w))
+            ebits = (inside.reshape(-1, VEC).astype(np.int64) << np.arange(VEC)).sum(axis=1)
+            self.emask = ebits.astype(np.int32)
+            self.epos = np.concatenate(([0], np.cumsum(inside)))[::VEC][:-1].astype(np.int32)
+        else:
+            self.emask = self.epos = np.zeros(1, dtype=np.int32)
 
 
 def plan(d: DirectConvCSR, n: int, nthreads: int | None = None) -> _Plan:
@@ -362,6 +432,33 @@ def _workspace(name: str, size: int) -> np.ndarray:
         a = raw[start:start + max(size, 1)]
         ws[name] = a
     return a
+
+
+def _state(size: int) -> np.ndarray:
+    """A reusable per-thread int32 array of ``size`` slice states (zeroed by the kernel)."""
+    st = getattr(_TLS, "state", None)
+    if st is None or st.size < size:
+        st = _TLS.state = np.zeros(max(size, 1), dtype=np.int32)
+    return st[:size] if st.size != size else st
+
+
+# per weight object: (input shape, geometry, threads) -> (prepared weight, plan, jitted entry,
+# output shape), so a repeated call pays one dictionary lookup
+_CALLS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _call_entry(weight, key):
+    shape, stride, padding, dilation, groups, nt = key
+    n, c, h, w = shape
+    d = prepare(weight, (c, h, w), stride, padding, dilation, groups)
+    p = plan(d, n, nt)
+    e = (d, p, _run_parallel if p.parallel else _run_serial, (n, d.shape[0]) + tuple(d.out_hw))
+    with _CACHE_LOCK:
+        per = _CALLS.setdefault(weight, {})
+        if len(per) >= _MAX_PER_WEIGHT:
+            per.pop(next(iter(per)))
+        per[key] = e
+    return e
 
 
 def _bias_array(bias, k: int, d: DirectConvCSR) -> np.ndarray:
@@ -399,16 +496,21 @@ def conv2d_direct(x, weight, bias, stride, padding, dilation, groups, relu):
     Arguments are validated by :func:`sparsecnn.conv2d`; this function trusts them. The first
     call per (weight, input geometry) rewrites the weight (:func:`prepare`); later calls reuse it.
     """
-    n, c, h, w = x.shape
-    d = prepare(weight, (c, h, w), stride, padding, dilation, groups)
-    p = plan(d, n)
-    k = d.shape[0]
-    oh, ow = d.out_hw
-    out = np.empty((n, k, oh, ow), dtype=np.float32)
-    run = _run_parallel if p.parallel else _run_serial
-    run((x.detach() if x.requires_grad else x).numpy(), _workspace("x", p.buf_len), p.prm, d.offsets, d.values, d.blkptr,
-        _bias_array(bias, k, d), out, p.kb, p.tb, _workspace("sc", p.sc_len), p.masks, p.opos,
-        p.nitems, bool(relu))
+    nt = numba.get_num_threads()
+    key = (x.shape, stride, padding, dilation, groups, nt)
+    per = _CALLS.get(weight)
+    e = None if per is None else per.get(key)
+    if e is None:
+        e = _call_entry(weight, key)
+    d, p, run, oshape = e
+    ws = getattr(_TLS, "call", None)
+    if ws is None or ws[0] is not p:
+        ws = _TLS.call = (p, _workspace("x", p.buf_len), _workspace("sc", p.sc_len),
+                          _state(oshape[0] * p.nsl))
+    out = np.empty(oshape, dtype=np.float32)
+    run((x.detach() if x.requires_grad else x).numpy(), ws[1], p.prm, d.offsets, d.values,
+        d.blkptr, _bias_array(bias, oshape[1], d), out, p.kb, p.tb, ws[2], p.masks, p.opos,
+        ws[3], p.emask, p.epos, p.nitems, bool(relu))
     return torch.from_numpy(out)
 
 
