@@ -371,16 +371,7 @@ def filter_prune_(
 
     Returns ``{layer name: bool mask}``. Raises ValueError if ``ratio`` is not in [0, 1).
     """
-    ratio = _check_ratio(ratio)
-    chosen = select_layers(model, layers, skip_first_conv=skip_first_conv,
-                           skip_classifier=skip_classifier)
-    masks = {}
-    for name, module in chosen:
-        w = module.weight.detach()
-        norms = _matrix(w).abs().sum(dim=1)
-        rows = _keep_top(norms, round(ratio * w.shape[0]))
-        masks[name] = set_mask_(module, rows.view(-1, *([1] * (w.dim() - 1))).expand_as(w))
-    return masks
+    return _slice_prune_(model, ratio, 0, layers, skip_first_conv, skip_classifier)
 
 
 def channel_prune_(
@@ -398,18 +389,23 @@ def channel_prune_(
 
     Returns ``{layer name: bool mask}``. Raises ValueError if ``ratio`` is not in [0, 1).
     """
+    return _slice_prune_(model, ratio, 1, layers, skip_first_conv, skip_classifier)
+
+
+def _slice_prune_(model, ratio, dim, layers, skip_first_conv, skip_classifier):
+    """Zero, in each chosen layer, the ``round(ratio * w.shape[dim])`` slices of the weight along
+    ``dim`` (0: output filters, 1: input channels) with the smallest L1 norm."""
     ratio = _check_ratio(ratio)
     chosen = select_layers(model, layers, skip_first_conv=skip_first_conv,
                            skip_classifier=skip_classifier)
     masks = {}
     for name, module in chosen:
         w = module.weight.detach()
-        dims = [d for d in range(w.dim()) if d != 1]
-        norms = w.abs().sum(dim=dims)
-        chans = _keep_top(norms, round(ratio * w.shape[1]))
+        norms = w.abs().sum(dim=[d for d in range(w.dim()) if d != dim])
+        keep = _keep_top(norms, round(ratio * w.shape[dim]))
         shape = [1] * w.dim()
-        shape[1] = -1
-        masks[name] = set_mask_(module, chans.view(shape).expand_as(w))
+        shape[dim] = -1
+        masks[name] = set_mask_(module, keep.view(shape).expand_as(w))
     return masks
 
 
