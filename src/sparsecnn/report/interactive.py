@@ -7,7 +7,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from ..analysis.breakeven import speedup_series
-from ._common import filter_values_text, short
+from ._common import FIGURES, filter_values_text, short
 
 def grid_colors(rs: int) -> list:
     """White for empty filters; 1 .. R*S nonzeros from teal to dark blue (1 stays visible)."""
@@ -310,16 +310,10 @@ def break_even(d: dict) -> go.Figure | None:
     return fig
 
 
-RENDERERS = {
-    "sparsity_summary": sparsity_summary, "filter_grid": filter_grid, "local_density": local_density,
-    "channel_nnz": channel_nnz, "load_balance": load_balance, "load_balance_layers": load_balance_layers,
-    "dense_blocks": dense_blocks, "hybrid": hybrid, "memory": memory, "ineffectual": ineffectual,
-    "threshold_sweep": threshold_sweep, "break_even": break_even,
-}
+# one renderer per entry of FIGURES, named like it (a missing one fails at import)
+RENDERERS = {name: globals()[name] for name, _ in FIGURES}
 
 
 def figures(d: dict) -> dict:
     """name -> plotly Figure (or None where the data is unavailable), in page order."""
-    from ._common import FIGURES
-
     return {name: RENDERERS[name](d) for name, _ in FIGURES}

@@ -15,7 +15,7 @@ import numpy as np  # noqa: E402
 from matplotlib.colors import LinearSegmentedColormap  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
-from ._common import short  # noqa: E402
+from ._common import FIGURES, short  # noqa: E402
 
 GRID_CMAP = LinearSegmentedColormap.from_list(
     "nnz", ["#41b6c4", "#225ea8", "#081d58"]).with_extremes(under="#ffffff")
@@ -324,9 +324,5 @@ def break_even(d):
     return fig
 
 
-RENDERERS = {
-    "sparsity_summary": sparsity_summary, "filter_grid": filter_grid, "local_density": local_density,
-    "channel_nnz": channel_nnz, "load_balance": load_balance, "load_balance_layers": load_balance_layers,
-    "dense_blocks": dense_blocks, "hybrid": hybrid, "memory": memory, "ineffectual": ineffectual,
-    "threshold_sweep": threshold_sweep, "break_even": break_even,
-}
+# one renderer per entry of FIGURES, named like it (a missing one fails at import)
+RENDERERS = {name: globals()[name] for name, _ in FIGURES}
