@@ -15,12 +15,16 @@ SPARSITIES = (0.0, 0.5, 0.9, 0.99, 0.999)
 
 def kernel_formats(op: str) -> list:
     """``pytest.param(kernel_name, format_name)`` for every registered kernel of ``op`` and every
-    format it accepts that exists (``"dense"`` or a key of :data:`sparsecnn.formats.FORMATS`)."""
+    format it accepts that exists (``"dense"`` or a key of :data:`sparsecnn.formats.FORMATS`).
+    A kernel that cannot run on this target (a missing ISA feature) is skipped, with the reason."""
     out = []
     for name in registry.names(op):
-        for fmt in registry.get(op, name).formats:
+        kernel = registry.get(op, name)
+        why = kernel.unavailable()
+        marks = [pytest.mark.skip(reason=why)] if why else []
+        for fmt in kernel.formats:
             if fmt == "dense" or fmt in FORMATS:
-                out.append(pytest.param(name, fmt, id=f"{name}-{fmt}"))
+                out.append(pytest.param(name, fmt, id=f"{name}-{fmt}", marks=marks))
     return out
 
 

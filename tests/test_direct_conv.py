@@ -19,6 +19,10 @@ from sparsecnn.formats import CSRWeight, DirectConvCSR
 from sparsecnn.kernels import registry
 from sparsecnn.kernels.cpu import direct as D
 
+# the kernel needs the ISA features it declares; without them its tests skip, saying why
+_WHY = registry.get("conv2d", "direct").unavailable()
+needs_direct = pytest.mark.skipif(_WHY is not None, reason=_WHY or "")
+
 
 def _weight(shape, sparsity, seed):
     g = torch.Generator().manual_seed(seed)
@@ -59,6 +63,7 @@ CASES = [
 ]
 
 
+@needs_direct
 @pytest.mark.parametrize("sparsity", [0.0, 0.5, 0.9, 0.99, 0.999])
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "x".join(map(str, c[:7])) + f"-s{c[7]}-d{c[9]}-g{c[10]}")
 def test_matches_torch(case, sparsity):
@@ -69,6 +74,7 @@ def test_matches_torch(case, sparsity):
     _check(x, wt, bias, stride, pad, dil, groups, relu=bool(int(sparsity * 10) % 2))
 
 
+@needs_direct
 @pytest.mark.parametrize("relu", [False, True])
 @pytest.mark.parametrize("bias", [False, True])
 def test_bias_relu(bias, relu):
@@ -78,6 +84,7 @@ def test_bias_relu(bias, relu):
     _check(x, wt, b, 1, 1, relu=relu)
 
 
+@needs_direct
 def test_all_zero_weight_gives_bias():
     x = torch.randn(1, 4, 7, 7)
     b = torch.randn(3)
@@ -85,6 +92,7 @@ def test_all_zero_weight_gives_bias():
     assert torch.equal(y, b.view(1, 3, 1, 1).expand_as(y))
 
 
+@needs_direct
 def test_single_nonzero():
     x = torch.randn(1, 4, 7, 9)
     wt = torch.zeros(3, 4, 3, 3)
@@ -93,12 +101,14 @@ def test_single_nonzero():
     assert torch.count_nonzero(y[:, [0, 2]]) == 0
 
 
+@needs_direct
 def test_fully_dense_conv4_shaped():
     # AlexNet conv4's channel counts at a small plane: blocking, partitions, register tiles
     x = torch.randn(1, 384, 6, 6)
     _check(x, _weight((256, 384, 3, 3), 0.0, seed=5), None, 1, 1)
 
 
+@needs_direct
 def test_channel_blocking_matches(monkeypatch):
     """Input-channel blocking (partial sums in scratch) gives the same result as none."""
     x = torch.randn(2, 40, 9, 9)
@@ -112,6 +122,7 @@ def test_channel_blocking_matches(monkeypatch):
     torch.testing.assert_close(y, torch.relu(ref), rtol=1e-5, atol=1e-5)
 
 
+@needs_direct
 def test_serial_and_parallel_agree(monkeypatch):
     x = torch.randn(3, 16, 12, 12)
     wt = _weight((16, 16, 3, 3), 0.7, seed=7)
@@ -122,6 +133,7 @@ def test_serial_and_parallel_agree(monkeypatch):
     torch.testing.assert_close(par, ser, rtol=1e-6, atol=1e-6)
 
 
+@needs_direct
 def test_repeated_calls_reuse_preparation():
     x = torch.randn(1, 8, 10, 10)
     sw = to_sparse(_weight((8, 8, 3, 3), 0.8, seed=8))
@@ -136,6 +148,7 @@ def test_repeated_calls_reuse_preparation():
     assert D.prepare(sw, (8, 7, 12), (2, 2), (0, 0), (1, 1), 1) is not d1
 
 
+@needs_direct
 def test_unbatched_input():
     x = torch.randn(4, 8, 8)
     wt = _weight((5, 4, 3, 3), 0.5, seed=9)
@@ -143,6 +156,7 @@ def test_unbatched_input():
     torch.testing.assert_close(y, F.conv2d(x, wt, None, 1, 1), rtol=1e-4, atol=1e-4)
 
 
+@needs_direct
 def test_inputs_requiring_grad():
     x = torch.randn(1, 4, 6, 6, requires_grad=True)
     b = torch.nn.Parameter(torch.randn(3))
@@ -158,6 +172,7 @@ def test_registered():
     assert "csr" in k.formats and "unified_csr" in k.formats
 
 
+@needs_direct
 def test_auto_dispatch_uses_direct_for_csr():
     assert sparsecnn.dispatch.choose("conv2d", None, {"format": "csr"}) == "direct"
 
@@ -169,6 +184,7 @@ def test_auto_dispatch_uses_direct_for_csr():
     pad=st.integers(0, 2), dil=st.integers(1, 2), gsel=st.integers(0, 2),
     sparsity=st.sampled_from([0.0, 0.5, 0.9, 1.0]), relu=st.booleans(), seed=st.integers(0, 99),
 )
+@needs_direct
 def test_property_random_geometry(n, c, k, h, w, r, s, stride, pad, dil, gsel, sparsity, relu,
                                   seed):
     groups = [1, c, np.gcd(c, k)][gsel]
@@ -255,6 +271,7 @@ def test_direct_csr_blocks():
             assert ((chan[bp[k, b]:bp[k, b + 1]] // 4) == b).all()
 
 
+@needs_direct
 def test_direct_csr_accepts_padded_csr_with_explicit_zeros():
     w = _weight((4, 3, 3, 3), 0.7, seed=11)
     csr = to_sparse(w)

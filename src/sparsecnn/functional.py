@@ -81,7 +81,7 @@ def _kernel_for(op: str, algo: str, fmt: str, weight, problem: dict):
     if not isinstance(algo, str):
         raise TypeError(f"algo must be a str, got {type(algo).__name__}")
     name = dispatch.choose(op, weight, problem) if algo == "auto" else algo
-    kernel = registry.get(op, name)
+    kernel = registry.runnable(op, name)
     if fmt not in kernel.formats:
         raise ValueError(
             f"{op} kernel {name!r} accepts weight formats {kernel.formats}, got {fmt!r}; "

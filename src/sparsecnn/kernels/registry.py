@@ -22,6 +22,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import Callable
 
+from .capabilities import KernelUnavailableError, target
+
 OPS = ("conv2d", "linear")
 
 
@@ -43,6 +45,9 @@ class Kernel:
         ``"cpu"`` or ``"cuda"``.
     supports : callable or None
         ``supports(problem: dict) -> bool`` for finer limits (e.g. groups); None means all.
+    requires : tuple of str
+        ISA features the compiled code needs (:data:`~sparsecnn.kernels.capabilities.KNOWN_FEATURES`,
+        e.g. ``("avx512f",)``): never offered where the target lacks one.
     description : str
         One line for listings and reports.
     """
@@ -55,6 +60,15 @@ class Kernel:
     supports: Callable[[dict], bool] | None = None
     description: str = ""
     prepare: Callable | None = field(default=None, compare=False)
+    requires: tuple[str, ...] = ()
+
+    def unavailable(self) -> str | None:
+        """Why this kernel cannot run on this target (e.g. missing ISA features), or None."""
+        missing = target().missing(self.requires)
+        if missing:
+            return (f"{self.op} kernel {self.name!r} needs CPU features {missing} that the "
+                    f"compilation target {target().describe()} lacks")
+        return None
 
 
 _LOCK = threading.Lock()
@@ -95,16 +109,26 @@ def get(op: str, name: str) -> Kernel:
         ) from None
 
 
+def runnable(op: str, name: str) -> Kernel:
+    """:func:`get`, raising :class:`KernelUnavailableError` if the kernel cannot run here."""
+    k = get(op, name)
+    why = k.unavailable()
+    if why is not None:
+        raise KernelUnavailableError(why)
+    return k
+
+
 def names(op: str) -> list[str]:
     """Names of the kernels registered for ``op``, in registration order."""
     return [n for (o, n) in _KERNELS if o == op]
 
 
 def candidates(op: str, format_name: str, problem: dict | None = None) -> list[Kernel]:
-    """Kernels of ``op`` that accept weights of ``format_name`` and support ``problem``."""
+    """Kernels of ``op`` that accept weights of ``format_name``, can run on this target and
+    support ``problem``."""
     out = []
     for (o, _), k in list(_KERNELS.items()):
-        if o != op or format_name not in k.formats:
+        if o != op or format_name not in k.formats or k.unavailable() is not None:
             continue
         if problem is not None and k.supports is not None and not k.supports(problem):
             continue

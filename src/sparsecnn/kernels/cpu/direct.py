@@ -515,7 +515,7 @@ def conv2d_direct(x, weight, bias, stride, padding, dilation, groups, relu):
 
 
 register(Kernel(
-    "direct", "conv2d", conv2d_direct, formats=("csr", "unified_csr"),
+    "direct", "conv2d", conv2d_direct, formats=("csr", "unified_csr"), requires=("avx512f",),
     description="direct sparse convolution (Park et al. 2017): CSR offsets into the padded / "
                 "phase-split input, AVX-512 register-blocked FMAs, threads balanced by nnz",
 ))
