@@ -227,7 +227,10 @@ def test_cli_one_layer_end_to_end(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "report written to" in text and "random initialisation" in text
     assert "magnitude pruning to 0.9" in text
-    payload = json.loads((out / "report.json").read_text())
+    [folder] = list(out.iterdir())                 # one new report folder under --out
+    assert folder.name.startswith("report-resnet20-layer2.0.conv2-")
+    assert f"report written to {folder}/index.html" in text
+    payload = json.loads((folder / "report.json").read_text())
     assert payload["layers"] == ["layer2.0.conv2"]
     assert payload["geometry"]["layer2.0.conv2"]["input_shape"] == [1, 32, 16, 16]
     assert "random initialisation" in payload["meta"]["weights"]

@@ -2,8 +2,12 @@
 benchmark -> results folder.
 
 :func:`optimize` returns a plain result dict (everything ``results.json`` holds);
-:func:`render_summary` turns it into Markdown and :func:`print_summary` into rich tables. The
-CLI (``sparsecnn optimize``) only parses arguments and calls these.
+:func:`sparsecnn.report.summary.render_summary` turns it into Markdown and
+:func:`~sparsecnn.report.summary.print_summary` into rich tables (both re-exported here). The CLI
+(``sparsecnn optimize``) only parses arguments and calls these. Per-model defaults (weights,
+data, recipe, whether Linear layers are pruned) come from :func:`sparsecnn.models.spec`; the
+results folder follows :mod:`sparsecnn.results`; the output check is
+:func:`sparsecnn.checks.compare_outputs`.
 
 Timing protocol (end to end, each batch size): the dense baseline is the pruned model exactly as
 trained -- unmodified eval-mode PyTorch, BatchNorm *not* folded; "dense, BN folded" is the same
@@ -30,7 +34,10 @@ import torch
 from torch import nn
 
 from . import quant
-from ._atomic import atomic_dir, atomic_path
+from ._atomic import atomic_path
+from .checks import TOLERANCE, compare_outputs
+from .report.summary import layer_rows, print_summary, render_summary  # noqa: F401 (re-exported)
+from .results import DEFAULT_PARENT, check_output_file, check_parent, results_folder
 
 #: quantization methods reported by default (all of :data:`sparsecnn.quant.METHODS`)
 QUANT_METHODS = tuple(quant.METHODS)
@@ -39,13 +46,11 @@ METHODS = ("magnitude", "global", "nm", "filter", "unified")
 #: ``epochs > 0``: method -> (recipe ``scope``, recipe ``method``).
 GRADUAL = {"magnitude": ("layer", "magnitude"), "global": ("global", "magnitude"),
            "unified": ("layer", "unified")}
-DEFAULT_OUT = "sparsecnn-results"
-#: Output check of the sparse model against the pruned dense model:
-#: ``max|y_sparse - y_dense| <= VERIFY_TOL * max(1, max|y_dense|)`` and identical top-1.
-VERIFY_TOL = 1e-4
-#: Pruned models whose classifier is most of the weights prune their Linear layers too.
-PRUNE_LINEAR = {"smallcnn": True, "alexnet": True, "vgg16": True}
-DENSE_TRAIN = {"smallcnn": {"epochs": 15, "lr": 0.05, "batch_size": 64}}
+DEFAULT_OUT = DEFAULT_PARENT
+#: Output check of the sparse model against the pruned dense model
+#: (:func:`sparsecnn.checks.compare_outputs`): ``max|y_sparse - y_dense| <= VERIFY_TOL *
+#: max(1, max|y_dense|)``, and top-1 predictions compared.
+VERIFY_TOL = TOLERANCE
 
 
 def _log(console, msg: str) -> None:
@@ -71,36 +76,25 @@ def _check_args(model, sparsity, method, epochs, batch_sizes, threads, format, o
     if not batch_sizes or any(isinstance(b, bool) or not isinstance(b, int) or b < 1
                               for b in batch_sizes):
         raise ValueError(f"batch sizes must be positive ints, got {batch_sizes!r}")
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise ValueError(f"threads must be a positive int, got {threads!r}")
+    from .threads import check_threads
+    check_threads(threads)
     if format not in FORMATS:
         raise ValueError(f"unknown format {format!r}; expected one of {sorted(FORMATS)}")
-
-
-def _set_threads(threads: int) -> dict:
-    torch.set_num_threads(threads)
-    import numba
-    nb = min(threads, numba.config.NUMBA_NUM_THREADS)
-    numba.set_num_threads(nb)
-    return {"torch": torch.get_num_threads(), "numba": nb}
 
 
 def _datasets(model_name, data, train_data):
     """(train or None, test) TensorDatasets and a description."""
     from . import data as D
+    from . import models
     if data is not None:
         test = D.load_npz(data)
         train = D.load_npz(train_data) if train_data is not None else None
         return train, test, f"{data}" + (f" (train {train_data})" if train_data else "")
     if train_data is not None:
         raise ValueError("--train-data needs --data (the evaluation images) too")
-    if model_name == "smallcnn":
-        train, test = D.load_digits()
-        return train, test, "scikit-learn digits 8x8 (1437 train / 360 test)"
-    if model_name and model_name.startswith("resnet"):
-        train, test = D.cifar10_subsets()
-        return train, test, "CIFAR-10 subsets (4660 train / 846 test, shared data)"
-    raise ValueError(f"model {model_name!r} has no default data set; pass --data NPZ")
+    if model_name is None:
+        raise ValueError("an ONNX model has no default data set; pass --data NPZ")
+    return models.spec(model_name).default_data()
 
 
 def _check_fits(model: nn.Module, x: torch.Tensor, what: str) -> torch.Tensor:
@@ -117,9 +111,10 @@ def _check_fits(model: nn.Module, x: torch.Tensor, what: str) -> torch.Tensor:
 
 
 def _dense_cache_path(model_name: str, seed: int) -> Path:
+    from . import models
     from .dispatch import cache_dir
-    cfg = json.dumps({"model": model_name, "seed": seed, **DENSE_TRAIN.get(model_name, {})},
-                     sort_keys=True)
+    cfg = json.dumps({"model": model_name, "seed": seed,
+                      **(models.spec(model_name).dense_train or {})}, sort_keys=True)
     digest = hashlib.sha256(cfg.encode()).hexdigest()[:12]
     return cache_dir() / "weights" / f"{model_name}-dense-{digest}.pt"
 
@@ -135,7 +130,7 @@ def _train_dense(model, model_name, train_set, test_loader, seed, progress, cons
             return {"source": "cache", "path": str(path)}
         except (ValueError, FileNotFoundError) as exc:
             _log(console, f"cached weights unusable ({exc}); retraining")
-    cfg = DENSE_TRAIN.get(model_name)
+    cfg = models.spec(model_name).dense_train
     if cfg is None or train_set is None:
         raise ValueError(f"model {model_name!r} needs --weights (or training data and a training "
                          "recipe; only smallcnn trains from scratch here)")
@@ -151,16 +146,6 @@ def _train_dense(model, model_name, train_set, test_loader, seed, progress, cons
             "epochs": cfg["epochs"]}
 
 
-def _default_weights(model_name: str) -> Path | None:
-    from . import data as D
-    files = {"resnet20": "resnet20-12fca82f.th", "resnet56": "resnet56-4bfd9763.th"}
-    shared = D.shared_data_dir()
-    if model_name in files and shared is not None:
-        p = shared / "resnet_cifar10" / files[model_name]
-        return p if p.is_file() else None
-    return None
-
-
 # ---------------------------------------------------------------------------------------------
 # pruning
 # ---------------------------------------------------------------------------------------------
@@ -168,11 +153,12 @@ def pruning_recipe(model_name: str | None, method: str, sparsity: float, epochs:
                    seed: int = 0, weights=None, prune_linear: bool | None = None):
     """The :class:`~sparsecnn.prune.recipes.Recipe` that ``optimize`` runs for gradual pruning.
 
-    Defaults per model from the ready-made recipes: the CIFAR ResNets take
-    :func:`~sparsecnn.prune.recipes.resnet20_cifar_90` (batch 128, lr 0.02, AGP over the first
-    60 % of the steps, distillation from the dense model, crop + flip), ``smallcnn`` takes
-    :func:`~sparsecnn.prune.recipes.smallcnn_digits`; any other model (or an ONNX import,
-    ``model_name=None``) the :class:`Recipe` defaults without augmentation or distillation.
+    The base is the model spec's recipe (:attr:`sparsecnn.models.ModelSpec.recipe`): the CIFAR
+    ResNets take :func:`~sparsecnn.prune.recipes.resnet20_cifar_90` (batch 128, lr 0.02, AGP
+    over the first 60 % of the steps, distillation from the dense model, crop + flip),
+    ``smallcnn`` takes :func:`~sparsecnn.prune.recipes.smallcnn_digits`; any other model (or an
+    ONNX import, ``model_name=None``) the :class:`Recipe` defaults without augmentation or
+    distillation.
     ``method`` sets the scope (``"magnitude"``: per layer, ``"global"``: one threshold,
     ``"unified"``: per layer, equal nnz per output channel); ``sparsity``, ``epochs``, ``seed``,
     ``weights`` (the starting checkpoint's path, recorded; needed for distillation) and
@@ -183,15 +169,15 @@ def pruning_recipe(model_name: str | None, method: str, sparsity: float, epochs:
     ValueError
         For a method that is not gradual (see :data:`GRADUAL`).
     """
+    from . import models
     from .prune import recipes
     if method not in GRADUAL:
         raise ValueError(f"method {method!r} is not a gradual pruning method; expected one of "
                          f"{list(GRADUAL)}")
     scope, mask_method = GRADUAL[method]
-    if model_name == "smallcnn":
-        base = recipes.smallcnn_digits()
-    elif model_name is not None and model_name.startswith("resnet"):  # the CIFAR ResNets
-        base = recipes.resnet20_cifar_90(model=model_name)
+    base_name = models.spec(model_name).recipe if model_name is not None else None
+    if base_name is not None:
+        base = recipes.RECIPES[base_name](model=model_name)
     else:
         base = recipes.Recipe(model=model_name or "onnx", weights=None, dataset="npz",
                               final_sparsity=sparsity, augment=False, kd_alpha=0.0)
@@ -204,7 +190,7 @@ def pruning_recipe(model_name: str | None, method: str, sparsity: float, epochs:
 
 def _prune(model, model_name, recipe_key, method, sparsity, epochs, train_set, test_set,
            weights, seed, prune_linear, progress, console) -> dict:
-    from . import prune
+    from . import models, prune
     from .prune.masks import select_layers
     types = (nn.Conv2d, nn.Linear) if prune_linear else (nn.Conv2d,)
     layers = [n for n, _ in select_layers(model, types=types)]
@@ -232,7 +218,8 @@ def _prune(model, model_name, recipe_key, method, sparsity, epochs, train_set, t
             info["nm"] = f"{n}:{m}"
         info["schedule"] = "one-shot"
         if epochs > 0:  # fine-tune with the masks fixed (parametrized weights stay zero)
-            loader = prune.make_loader(train_set, 64 if model_name == "smallcnn" else 128, seed=seed)
+            batch = models.spec(recipe_key).finetune_batch if recipe_key is not None else 128
+            loader = prune.make_loader(train_set, batch, seed=seed)
             prune.train(model, loader, epochs, 0.01, seed=seed, progress=progress,
                         description=f"fine-tune {method}")
             info["schedule"] = f"one-shot + {epochs} epochs fine-tuning"
@@ -314,13 +301,12 @@ def verify(sparse_model: nn.Module, dense_model: nn.Module, loader) -> dict:
     """
     yd, labels = _outputs(dense_model.eval(), loader)
     ys, _ = _outputs(sparse_model.eval(), loader)
-    err = float((ys - yd).abs().max())
-    scale = float(yd.abs().max())
+    check = compare_outputs(ys, yd, VERIFY_TOL)
     pd, ps = yd.argmax(1), ys.argmax(1)
     n = int(labels.numel())
     agree = int((pd == ps).sum()) / n
-    return {"max_abs_err": err, "scale": scale, "tolerance": VERIFY_TOL,
-            "within_tolerance": err <= VERIFY_TOL * max(1.0, scale),
+    return {"max_abs_err": check.max_abs_err, "scale": check.scale, "tolerance": VERIFY_TOL,
+            "within_tolerance": check.ok,
             "prediction_agreement": agree, "same_predictions": bool((pd == ps).all()),
             "dense_top1": int((pd == labels).sum()) / n,
             "sparse_top1": int((ps == labels).sum()) / n, "n": n}
@@ -358,7 +344,7 @@ def _param_bytes(model: nn.Module) -> int:
 # ---------------------------------------------------------------------------------------------
 def optimize(model: str = "smallcnn", *, weights=None, data=None, train_data=None,
              sparsity: float = 0.9, method: str = "magnitude", epochs: int | None = None,
-             batch_sizes=(1, 64), threads: int = 2, format: str = "csr", onnx=None,
+             batch_sizes=(1, 64), threads: int | None = None, format: str = "csr", onnx=None,
              export_onnx=None, out_dir=DEFAULT_OUT, tune: bool = True, seed: int = 0,
              prune_linear: bool | None = None, time_s: float = 1.0, progress: bool = True,
              quantize=QUANT_METHODS, console=None) -> dict:
@@ -385,8 +371,9 @@ def optimize(model: str = "smallcnn", *, weights=None, data=None, train_data=Non
         Fine-tuning epochs during/after pruning (default: 15 for smallcnn, 0 = one-shot otherwise).
     batch_sizes : sequence of int
         Batches to tune and time (default 1 and 64).
-    threads : int
-        Threads for PyTorch and Numba.
+    threads : int or None
+        Threads for PyTorch and Numba (both get the same count), 1 ..
+        :func:`sparsecnn.threads.max_threads`; None: 2, or fewer on a smaller machine.
     format : str
         Sparse weight format.
     onnx : path or None
@@ -394,7 +381,8 @@ def optimize(model: str = "smallcnn", *, weights=None, data=None, train_data=Non
     export_onnx : path or None
         Write the pruned dense model to ONNX.
     out_dir : path
-        Parent folder of the results folder ``optimize-<model>-<timestamp>``.
+        Parent folder of the results folder ``optimize-<model>-<timestamp>``
+        (:mod:`sparsecnn.results`; checked before any work).
     tune : bool
         Measure kernels per layer (else heuristic / cache).
     time_s : float
@@ -419,10 +407,16 @@ def optimize(model: str = "smallcnn", *, weights=None, data=None, train_data=Non
     from . import nn as snn
     from .dispatch import cpu_model
     from .prune import evaluate, make_loader
+    from .threads import max_threads, set_threads
 
     batch_sizes = [int(b) if isinstance(b, (int, float)) and not isinstance(b, bool) and b == int(b)
                    else b for b in batch_sizes]
+    if threads is None:
+        threads = min(2, max_threads())
     _check_args(model, sparsity, method, epochs, batch_sizes, threads, format, onnx)
+    check_parent(out_dir)
+    if export_onnx is not None:
+        check_output_file(export_onnx, "--export-onnx")
     quantize = tuple(quantize)
     unknown = [m for m in quantize if m not in quant.METHODS]
     if unknown:
@@ -430,13 +424,14 @@ def optimize(model: str = "smallcnn", *, weights=None, data=None, train_data=Non
                          f"{list(quant.METHODS)}")
     t_start = time.perf_counter()
     sparsity = float(sparsity)
-    threads_info = _set_threads(threads)
+    threads_info = set_threads(threads)
     torch.manual_seed(seed)
     name = model if onnx is None else Path(onnx).stem
+    spec = M.spec(model) if onnx is None else None
     if epochs is None:
-        epochs = DENSE_TRAIN.get(model, {}).get("epochs", 0) if onnx is None else 0
+        epochs = (spec.dense_train or {}).get("epochs", 0) if spec is not None else 0
     if prune_linear is None:
-        prune_linear = PRUNE_LINEAR.get(model, False)
+        prune_linear = spec.prune_linear if spec is not None else False
 
     # -- data and model -------------------------------------------------------------------------
     train_set, test_set, data_desc = _datasets(model if onnx is None else None, data, train_data) \
@@ -452,7 +447,7 @@ def optimize(model: str = "smallcnn", *, weights=None, data=None, train_data=Non
     else:
         net = M.build(model)
         if weights is None:
-            weights = _default_weights(model)
+            weights = spec.default_weights()
         if weights is not None:
             M.load_weights(net, weights)
             weights_info = {"source": "file", "path": str(weights)}
@@ -548,126 +543,12 @@ def optimize(model: str = "smallcnn", *, weights=None, data=None, train_data=Non
 
 
 def _write_results(result: dict, sparse_model: nn.Module, out_dir) -> Path:
-    """Write results.json, summary.md and model.pt into a new folder, atomically (temp folder in
-    ``out_dir``, then rename); an existing folder is never touched."""
+    """Write results.json, summary.md and model.pt into a new results folder
+    (:func:`sparsecnn.results.results_folder`: atomic, an existing folder is never touched)."""
     from . import nn as snn
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    final = out_dir / f"optimize-{result['model']}-{stamp}"
-    k = 1
-    while final.exists():
-        final = out_dir / f"optimize-{result['model']}-{stamp}-{k}"
-        k += 1
-    result["results_dir"] = str(final)
-    with atomic_dir(final) as tmp:
+    with results_folder(out_dir, "optimize", result["model"]) as (tmp, final):
+        result["results_dir"] = str(final)
         snn.save(sparse_model, tmp / "model.pt")
         (tmp / "results.json").write_text(json.dumps(result, indent=1, default=str))
         (tmp / "summary.md").write_text(render_summary(result))
     return final
-
-
-# ---------------------------------------------------------------------------------------------
-# rendering
-# ---------------------------------------------------------------------------------------------
-def _fmt(v, spec=".3f", none="-"):
-    return none if v is None else format(v, spec)
-
-
-def layer_rows(result: dict, batch) -> list[list[str]]:
-    """Rows of the per-layer table for ``batch``: name, shape, sparsity, kernel, dense ms,
-    chosen ms, speedup."""
-    rows = []
-    for r in result["layers"][str(batch)]:
-        name = r["name"] + (" (cached)" if r.get("cached") else "")
-        rows.append([name, "x".join(map(str, r["shape"])), f"{r['sparsity']:.1%}",
-                     r["kernel"] + (" +relu" if r["relu"] else ""), _fmt(r["dense_ms"]),
-                     _fmt(r["chosen_ms"]), _fmt(r["speedup"], ".2f") + "x" if r["speedup"] else "-"])
-    return rows
-
-
-def render_summary(result: dict) -> str:
-    """Markdown summary of an :func:`optimize` result."""
-    acc, ver, mb = result["accuracy"], result["verify"], result["model_bytes"]
-    lines = [f"# sparsecnn optimize: {result['model']}", "",
-             f"- data: {result['data']}; weights: {result['weights'].get('source')} "
-             f"{result['weights'].get('path', '')}",
-             f"- pruning: {result['pruning']['method']} to {result['pruning']['target_sparsity']:.0%}, "
-             f"{result['pruning'].get('schedule', result['pruning'].get('note', ''))}",
-             f"- threads: torch {result['threads']['torch']}, numba {result['threads']['numba']}; "
-             f"CPU: {result['cpu']}; format {result['format']}", "",
-             "## Accuracy (top-1)", "", "| dense | pruned | sparse-executed |", "| --- | --- | --- |",
-             f"| {acc['dense_top1']:.2%} | {acc['pruned_top1']:.2%} | {acc['sparse_top1']:.2%} |", "",
-             f"Sparse vs pruned dense on {ver['n']} images: max |err| {ver['max_abs_err']:.2e} "
-             f"(tolerance {ver['tolerance']} x max(1, {ver['scale']:.3g})), "
-             f"{'within' if ver['within_tolerance'] else 'OUTSIDE'} tolerance; top-1 predictions "
-             f"agree on {ver['prediction_agreement']:.2%}.", "",
-             "## End-to-end latency (median ms, one process, alternating blocks of 20 calls)", "",
-             "| batch | dense (BN not folded) | dense, BN folded | sparse | speedup vs dense | vs folded |",
-             "| --- | --- | --- | --- | --- | --- |"]
-    for b, t in result["latency"].items():
-        lines.append(f"| {b} | {t['dense']['median_ms']:.3f} | {t['dense_bn_folded']['median_ms']:.3f} "
-                     f"| {t['sparse']['median_ms']:.3f} | {t['speedup']:.2f}x | "
-                     f"{t['speedup_vs_folded']:.2f}x |")
-    lines += ["", f"Model bytes: dense {mb['dense']:,} B, sparse {mb['sparse']:,} B "
-              f"({mb['dense'] / max(mb['sparse'], 1):.2f}x smaller).", ""]
-    if result.get("quantization"):
-        lines += ["## Quantization of the pruned weights (CSR storage, fake-quantized top-1)", "",
-                  "| method | top-1 | change (points) | bytes | fp32 CSR bytes | ratio |",
-                  "| --- | --- | --- | --- | --- | --- |"]
-        lines += [f"| {r['method']} | {r['top1']:.2%} | {r['delta_points']:+.2f} | {r['nbytes']:,} "
-                  f"| {r['fp32_nbytes']:,} | {r['ratio']:.2f}x |" for r in result["quantization"]]
-        lines.append("")
-    for b in result["batch_sizes"]:
-        lines += [f"## Per layer, batch {b} (tuner medians, ms)", "",
-                  "| layer | shape | sparsity | kernel | dense ms | chosen ms | speedup |",
-                  "| --- | --- | --- | --- | --- | --- | --- |"]
-        lines += ["| " + " | ".join(r) + " |" for r in layer_rows(result, b)]
-        rejected = [f"{r['name']}: {x}" for r in result["layers"][str(b)] for x in r["rejected"]]
-        if rejected:
-            lines += ["", "Rejected kernels: " + "; ".join(rejected)]
-        lines.append("")
-    lines += ["## Notes", ""] + [f"- {n}" for n in result["notes"]] + [""]
-    return "\n".join(lines)
-
-
-def print_summary(result: dict, console=None) -> None:
-    """Print the per-layer tables, accuracy, latency and size with rich."""
-    from rich.console import Console
-    from rich.table import Table
-    console = console or Console()
-    for b in result["batch_sizes"]:
-        t = Table(title=f"{result['model']}: per layer, batch {b} (tuner medians)")
-        for col in ("layer", "shape", "sparsity", "kernel", "dense ms", "chosen ms", "speedup"):
-            t.add_column(col, justify="left" if col in ("layer", "kernel") else "right")
-        for row in layer_rows(result, b):
-            t.add_row(*row)
-        console.print(t)
-    acc, ver = result["accuracy"], result["verify"]
-    t = Table(title="top-1 accuracy")
-    for col in ("dense", "pruned", "sparse-executed", "predictions agree", "max |err|"):
-        t.add_column(col, justify="right")
-    t.add_row(f"{acc['dense_top1']:.2%}", f"{acc['pruned_top1']:.2%}", f"{acc['sparse_top1']:.2%}",
-              f"{ver['prediction_agreement']:.2%}", f"{ver['max_abs_err']:.1e}")
-    console.print(t)
-    t = Table(title="end-to-end latency (median ms)")
-    for col in ("batch", "dense", "dense BN folded", "sparse", "speedup", "vs folded"):
-        t.add_column(col, justify="right")
-    for b, v in result["latency"].items():
-        t.add_row(b, f"{v['dense']['median_ms']:.3f}", f"{v['dense_bn_folded']['median_ms']:.3f}",
-                  f"{v['sparse']['median_ms']:.3f}", f"{v['speedup']:.2f}x",
-                  f"{v['speedup_vs_folded']:.2f}x")
-    console.print(t)
-    mb = result["model_bytes"]
-    console.print(f"model bytes: dense {mb['dense']:,}  sparse {mb['sparse']:,}  "
-                  f"({mb['dense'] / max(mb['sparse'], 1):.2f}x smaller)")
-    if result.get("quantization"):
-        t = Table(title="quantized pruned weights (CSR storage; kernels still run fp32)")
-        for col in ("method", "top-1", "change (points)", "bytes", "vs fp32 CSR"):
-            t.add_column(col, justify="left" if col == "method" else "right")
-        for r in result["quantization"]:
-            t.add_row(r["method"], f"{r['top1']:.2%}", f"{r['delta_points']:+.2f}",
-                      f"{r['nbytes']:,}", f"{r['ratio']:.2f}x smaller")
-        console.print(t)
-    console.print(f"results: {result['results_dir']}")
-

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..checks import compare_outputs
 from ._common import conv_weight, filter_nnz
 
 
@@ -246,7 +247,7 @@ def measure_hybrid(weight, blocks: dict, x: torch.Tensor, stride=(1, 1), padding
         the gathers and adds), the rates of :func:`measure_rates` from the same runs
         (``dense_gflops``, ``sparse_useful_gflops``, ``output_pixels``: so the result can be
         given to :func:`hybrid_estimate`), ``max_abs_err`` against the full dense convolution, ``matches``
-        (``torch.allclose`` at rtol 1e-4, atol 1e-4 x max |y|), ``sparse_kernel``, ``nblocks``.
+        (:func:`sparsecnn.checks.compare_outputs`), ``sparse_kernel``, ``nblocks``.
 
     Raises
     ------
@@ -274,9 +275,8 @@ def measure_hybrid(weight, blocks: dict, x: torch.Tensor, stride=(1, 1), padding
     with torch.no_grad():
         ref = F.conv2d(x, wt, None, stride, padding, dilation)
         y = run()
-        err = float((y - ref).abs().max()) if ref.numel() else 0.0
-        scale = float(ref.abs().max()) if ref.numel() else 0.0
-        ok = bool(torch.allclose(y, ref, rtol=1e-4, atol=1e-4 * max(scale, 1e-6)))
+        chk = compare_outputs(y, ref)
+        err, ok = chk.max_abs_err, chk.ok
         if not ok:
             raise ValueError(f"hybrid output differs from the full convolution (max abs error {err:.3g})")
         ms = interleaved_ms({

@@ -6,6 +6,7 @@ shared_data_dir() -> Path | None
 load_digits(test_fraction=0.2, seed=0) -> (train, test) TensorDatasets, images (N, 1, 8, 8)
 load_npz(path, normalize="cifar10") -> TensorDataset, images (N, 3, H, W)
 cifar10_subsets() -> (train, test) TensorDatasets (4660 / 846 real CIFAR-10 images)
+named_datasets(name) -> (train, test, description) of "digits" or "cifar10_subsets"
 """
 
 from __future__ import annotations
@@ -225,7 +226,32 @@ def random_crop_flip(x: torch.Tensor, generator: torch.Generator | None = None,
     return out
 
 
+#: Data sets known by name (:func:`named_datasets`, model specs, recipes).
+DATASETS = ("digits", "cifar10_subsets")
+
+
+def named_datasets(name: str):
+    """``(train, test, description)`` of a data set known by name (:data:`DATASETS`).
+
+    Raises
+    ------
+    ValueError
+        If ``name`` is unknown.
+    FileNotFoundError
+        If the data set lives in the shared data folder and that is absent.
+    """
+    if name == "digits":
+        train, test = load_digits()
+        return train, test, "scikit-learn digits 8x8 (1437 train / 360 test)"
+    if name == "cifar10_subsets":
+        train, test = cifar10_subsets()
+        return train, test, "CIFAR-10 subsets (4660 train / 846 test, shared data)"
+    raise ValueError(f"unknown dataset {name!r}; expected one of {list(DATASETS)}")
+
+
 __all__ = [
+    "DATASETS",
+    "named_datasets",
     "random_crop_flip",
     "shared_data_dir",
     "load_digits",
