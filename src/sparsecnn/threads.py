@@ -55,6 +55,8 @@ def set_threads(threads) -> dict:
     import numba
     import torch
     n = check_threads(threads)
-    torch.set_num_threads(n)
+    # Numba first: launching its OpenMP threading layer resets the process's OpenMP thread
+    # count (which PyTorch shares), so a torch count set before it would be lost.
     numba.set_num_threads(n)
+    torch.set_num_threads(n)
     return {"torch": torch.get_num_threads(), "numba": numba.get_num_threads()}
