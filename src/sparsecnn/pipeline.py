@@ -488,7 +488,7 @@ def optimize(model: str = "smallcnn", *, weights=None, data=None, train_data=Non
             snn.tune_(sparse, _batch(images, b))
     tune_s = time.perf_counter() - t0
     try:
-        sparse_run = snn.compact(sparse)
+        sparse_run = snn.compact(sparse, example_input=_batch(images, batch_sizes[0]))
     except TypeError:
         sparse_run = sparse
     _log(console, f"sparsified and tuned in {tune_s:.1f} s")

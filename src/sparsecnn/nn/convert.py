@@ -12,7 +12,8 @@ from torch import nn
 from .._atomic import atomic_path
 from ..dispatch import DEFAULT_MARGIN, tune
 from ..kernels import registry
-from .fusion import find_relu_fusions, fold_batchnorm, fuse_relu_, try_trace
+from .fusion import (RewriteLog, check_sparsified_, find_relu_fusions, fold_batchnorm, fuse_relu_,
+                     reference_output, try_trace)
 from .modules import SparseConv2d, SparseLinear
 
 SPARSE_MODULES = (SparseConv2d, SparseLinear)
@@ -94,9 +95,11 @@ def sparsify_(model: nn.Module, *, format: str = "csr", filter_fn: Callable | No
     if format not in FORMATS:
         raise ValueError(f"unknown format {format!r}; expected one of {sorted(FORMATS)}")
     model.eval()
+    reference, log = reference_output(model, example_input), RewriteLog(model)
     graph = try_trace(model) if (fold_bn or fuse_relu) else None
     if graph is not None and fold_bn:
-        fold_batchnorm(model, graph=graph)
+        fold_batchnorm(model, graph=graph, example_input=example_input, log=log)
+    after_fold = log.mark()
     pairs = find_relu_fusions(model, graph=graph) if (graph is not None and fuse_relu) else {}
 
     for name, mod in list(model.named_modules()):
@@ -111,10 +114,11 @@ def sparsify_(model: nn.Module, *, format: str = "csr", filter_fn: Callable | No
         new = cls.from_dense(mod, format=format, algo=algo, **(format_options or {})).eval()
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, child, new)
-    fuse_relu_(model, pairs)
+    fuse_relu_(model, pairs, log)
     model.eval()
     if tune:
         tune_(model, example_input, margin=margin, use_cache=use_cache)
+    check_sparsified_(model, example_input, reference, log, after_fold)
     return model
 
 
