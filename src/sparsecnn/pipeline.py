@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.utils.data import TensorDataset
 
 from . import quant
 from ._atomic import atomic_path
@@ -51,6 +52,8 @@ DEFAULT_OUT = DEFAULT_PARENT
 #: (:func:`sparsecnn.checks.compare_outputs`): ``max|y_sparse - y_dense| <= VERIFY_TOL *
 #: max(1, max|y_dense|)``, and top-1 predictions compared.
 VERIFY_TOL = TOLERANCE
+#: Random images a label-free run (``input_shape``) verifies on (at least).
+VERIFY_IMAGES = 4
 
 
 def _log(console, msg: str) -> None:
@@ -61,7 +64,8 @@ def _log(console, msg: str) -> None:
 # ---------------------------------------------------------------------------------------------
 # inputs
 # ---------------------------------------------------------------------------------------------
-def _check_args(model, sparsity, method, epochs, batch_sizes, threads, format, onnx) -> None:
+def _check_args(model, sparsity, method, epochs, batch_sizes, threads, format, onnx,
+                time_s) -> None:
     from . import models
     from .formats import FORMATS
     if onnx is None and model not in models.NAMES:
@@ -73,13 +77,46 @@ def _check_args(model, sparsity, method, epochs, batch_sizes, threads, format, o
         raise ValueError(f"unknown pruning method {method!r}; expected one of {list(METHODS)}")
     if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0):
         raise ValueError(f"epochs must be an int >= 0, got {epochs!r}")
-    if not batch_sizes or any(isinstance(b, bool) or not isinstance(b, int) or b < 1
-                              for b in batch_sizes):
-        raise ValueError(f"batch sizes must be positive ints, got {batch_sizes!r}")
+    if batch_sizes is not None:
+        _check_batch_sizes(batch_sizes)
     from .threads import check_threads
     check_threads(threads)
     if format not in FORMATS:
         raise ValueError(f"unknown format {format!r}; expected one of {sorted(FORMATS)}")
+    if isinstance(time_s, bool) or not isinstance(time_s, (int, float)) \
+            or not math.isfinite(float(time_s)) or float(time_s) <= 0:
+        raise ValueError(f"time (seconds of timed runs per batch size) must be a finite number "
+                         f"> 0, got {time_s!r}")
+
+
+def _check_batch_sizes(batch_sizes) -> None:
+    if not batch_sizes or any(isinstance(b, bool) or not isinstance(b, int) or b < 1
+                              for b in batch_sizes):
+        raise ValueError(f"batch sizes must be positive ints, got {batch_sizes!r}")
+
+
+def _check_input_shape(shape) -> tuple[int, ...]:
+    """``--input-shape``: N,C,H,W positive ints (a string "1,3,640,640" or a sequence)."""
+    text = shape
+    if isinstance(shape, str):
+        try:
+            shape = [int(v) for v in shape.replace("x", ",").split(",")]
+        except ValueError:
+            raise ValueError(f"input shape must be N,C,H,W (positive ints), got {text!r}") from None
+    shape = tuple(shape)
+    if len(shape) != 4 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1
+                              for v in shape):
+        raise ValueError(f"input shape must be N,C,H,W (4 positive ints), got {text!r}")
+    return shape
+
+
+def _onnx_static_shape(path) -> tuple[int, ...]:
+    from .onnx import input_shape
+    dims = input_shape(path)
+    if len(dims) != 4 or any(d is None for d in dims):
+        raise ValueError(f"{path} declares input shape {tuple('?' if d is None else d for d in dims)}"
+                         "; pass --input-shape N,C,H,W (label-free) or --data NPZ")
+    return dims
 
 
 def _datasets(model_name, data, train_data):
@@ -87,7 +124,13 @@ def _datasets(model_name, data, train_data):
     from . import data as D
     from . import models
     if data is not None:
-        test = D.load_npz(data)
+        test = D.load_npz(data, labels_required=False)
+        if len(test.tensors) == 1:  # unlabelled images: label-free mode, [0, 1] pixels
+            test = D.load_npz(data, None, labels_required=False)
+            if train_data is not None:
+                raise ValueError("--train-data needs labelled evaluation images; --data has no "
+                                 "'labels'")
+            return None, test, f"{data} ({len(test)} unlabelled images)"
         train = D.load_npz(train_data) if train_data is not None else None
         return train, test, f"{data}" + (f" (train {train_data})" if train_data else "")
     if train_data is not None:
@@ -97,16 +140,21 @@ def _datasets(model_name, data, train_data):
     return models.spec(model_name).default_data()
 
 
-def _check_fits(model: nn.Module, x: torch.Tensor, what: str) -> torch.Tensor:
+def _check_fits(model: nn.Module, x: torch.Tensor, what: str, labelled: bool = True):
     try:
         with torch.no_grad():
             y = model.eval()(x)
     except Exception as exc:
         raise ValueError(f"{what} of shape {tuple(x.shape)} and dtype {x.dtype} do not fit the "
                          f"model: {type(exc).__name__}: {exc}") from None
+    if not labelled:  # label-free: any tensors will do (detection / segmentation maps)
+        compare_outputs(y, y)  # TypeError naming what it got, if not tensors
+        return y
     if not isinstance(y, torch.Tensor) or y.ndim != 2:
-        raise ValueError(f"the model must return (N, classes) logits, got "
-                         f"{type(y).__name__} {getattr(y, 'shape', '')}")
+        raise ValueError(f"with labelled data the model must return (N, classes) logits, got "
+                         f"{type(y).__name__} {getattr(y, 'shape', '')}; for detection or "
+                         "segmentation models use --input-shape N,C,H,W or an npz of images "
+                         "without labels (label-free mode)")
     return y
 
 
@@ -290,7 +338,12 @@ def _outputs(model, loader) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def verify(sparse_model: nn.Module, dense_model: nn.Module, loader) -> dict:
-    """Compare the sparse model with the pruned dense model over ``loader``.
+    """Compare the sparse model with the pruned dense model over ``loader``
+    (:func:`sparsecnn.checks.compare_outputs`).
+
+    ``loader`` yields ``(x, labels)`` batches, or ``(x,)`` without labels: then the models may
+    return anything made of tensors (detection / segmentation maps) and only the outputs are
+    compared (the top-1 entries are None).
 
     Returns
     -------
@@ -299,6 +352,18 @@ def verify(sparse_model: nn.Module, dense_model: nn.Module, loader) -> dict:
         VERIFY_TOL * max(1, scale)), ``prediction_agreement`` (share of identical top-1),
         ``same_predictions``, ``dense_top1``, ``sparse_top1``, ``n``.
     """
+    first = next(iter(loader))
+    if len(first) < 2:  # no labels: outputs only, batch by batch
+        err, scale, ok, n = 0.0, 0.0, True, 0
+        with torch.no_grad():
+            for (x,) in loader:
+                chk = compare_outputs(sparse_model.eval()(x), dense_model.eval()(x), VERIFY_TOL)
+                err, scale = max(err, chk.max_abs_err), max(scale, chk.scale)
+                ok, n = ok and chk.ok, n + x.shape[0]
+        ok = ok and err <= VERIFY_TOL * max(1.0, scale)
+        return {"max_abs_err": err, "scale": scale, "tolerance": VERIFY_TOL,
+                "within_tolerance": ok, "prediction_agreement": None, "same_predictions": None,
+                "dense_top1": None, "sparse_top1": None, "n": n}
     yd, labels = _outputs(dense_model.eval(), loader)
     ys, _ = _outputs(sparse_model.eval(), loader)
     check = compare_outputs(ys, yd, VERIFY_TOL)
@@ -344,10 +409,10 @@ def _param_bytes(model: nn.Module) -> int:
 # ---------------------------------------------------------------------------------------------
 def optimize(model: str = "smallcnn", *, weights=None, data=None, train_data=None,
              sparsity: float = 0.9, method: str = "magnitude", epochs: int | None = None,
-             batch_sizes=(1, 64), threads: int | None = None, format: str = "csr", onnx=None,
+             batch_sizes=None, threads: int | None = None, format: str = "csr", onnx=None,
              export_onnx=None, out_dir=DEFAULT_OUT, tune: bool = True, seed: int = 0,
              prune_linear: bool | None = None, time_s: float = 1.0, progress: bool = True,
-             quantize=QUANT_METHODS, console=None) -> dict:
+             quantize=QUANT_METHODS, input_shape=None, console=None) -> dict:
     """Train or load a model, prune it, sparsify and tune it, verify, benchmark, write results.
 
     Parameters
@@ -369,8 +434,8 @@ def optimize(model: str = "smallcnn", *, weights=None, data=None, train_data=Non
         ``resnet20_cifar_90``); N:M and filter prune one-shot, then fine-tune with fixed masks.
     epochs : int or None
         Fine-tuning epochs during/after pruning (default: 15 for smallcnn, 0 = one-shot otherwise).
-    batch_sizes : sequence of int
-        Batches to tune and time (default 1 and 64).
+    batch_sizes : sequence of int or None
+        Batches to tune and time (default 1 and 64; label-free: the N of ``input_shape``, or 1).
     threads : int or None
         Threads for PyTorch and Numba (both get the same count), 1 ..
         :func:`sparsecnn.threads.max_threads`; None: 2, or fewer on a smaller machine.
@@ -389,7 +454,14 @@ def optimize(model: str = "smallcnn", *, weights=None, data=None, train_data=Non
         Seconds of timed end-to-end calls per batch size.
     quantize : sequence of str
         :data:`sparsecnn.quant.METHODS` to report on the pruned model (top-1 and bytes each, see
-        :func:`quantization_report`); empty for none.
+        :func:`quantization_report`); empty for none. Skipped without labels.
+    input_shape : "N,C,H,W", sequence of 4 ints, or None
+        Label-free mode on random N(0, 1) inputs of this shape: for detection / segmentation
+        models (any tensor outputs) and models without labelled data. The job prunes one-shot,
+        sparsifies, tunes, verifies the sparse outputs against the pruned dense model, times
+        and exports, and records that accuracy was not measured (``result["accuracy"]`` is
+        None). An npz ``data`` without ``labels`` runs the same mode on its images. An ONNX
+        model with neither defaults to the static input shape its file declares.
     console : rich.console.Console or None
         Progress log.
 
@@ -409,11 +481,12 @@ def optimize(model: str = "smallcnn", *, weights=None, data=None, train_data=Non
     from .prune import evaluate, make_loader
     from .threads import max_threads, set_threads
 
-    batch_sizes = [int(b) if isinstance(b, (int, float)) and not isinstance(b, bool) and b == int(b)
-                   else b for b in batch_sizes]
+    if batch_sizes is not None:
+        batch_sizes = [int(b) if isinstance(b, (int, float)) and not isinstance(b, bool)
+                       and b == int(b) else b for b in batch_sizes]
     if threads is None:
         threads = min(2, max_threads())
-    _check_args(model, sparsity, method, epochs, batch_sizes, threads, format, onnx)
+    _check_args(model, sparsity, method, epochs, batch_sizes, threads, format, onnx, time_s)
     check_parent(out_dir)
     if export_onnx is not None:
         check_output_file(export_onnx, "--export-onnx")
@@ -434,11 +507,33 @@ def optimize(model: str = "smallcnn", *, weights=None, data=None, train_data=Non
         prune_linear = spec.prune_linear if spec is not None else False
 
     # -- data and model -------------------------------------------------------------------------
-    train_set, test_set, data_desc = _datasets(model if onnx is None else None, data, train_data) \
-        if (onnx is None or data is not None) else (None, None, None)
-    if test_set is None:
-        raise ValueError("--onnx needs --data (evaluation images)")
-    test_loader = make_loader(test_set, 256, shuffle=False)
+    if input_shape is not None and data is not None:
+        raise ValueError("give --data or --input-shape, not both")
+    if input_shape is None and data is None and onnx is not None:
+        input_shape = _onnx_static_shape(onnx)
+    if input_shape is not None:
+        input_shape = _check_input_shape(input_shape)
+        if train_data is not None:
+            raise ValueError("--train-data needs --data (labelled evaluation images), not "
+                             "--input-shape")
+        g = torch.Generator().manual_seed(seed)
+        n_img = max(input_shape[0], VERIFY_IMAGES)
+        test_set = TensorDataset(torch.randn((n_img, *input_shape[1:]), generator=g))
+        train_set = None
+        data_desc = (f"random N(0, 1) inputs of {'x'.join(map(str, input_shape[1:]))} "
+                     f"({n_img} images, seed {seed}): no labels")
+    else:
+        train_set, test_set, data_desc = _datasets(model if onnx is None else None, data,
+                                                   train_data)
+    labelled = len(test_set.tensors) > 1
+    if batch_sizes is None:
+        batch_sizes = [1, 64] if labelled else [input_shape[0] if input_shape else 1]
+    _check_batch_sizes(batch_sizes)
+    if not labelled and epochs:
+        raise ValueError("fine-tuning (epochs > 0) needs labelled training data; without labels "
+                         "(--input-shape, or an npz without 'labels') pruning is one-shot: "
+                         "pass --epochs 0")
+    test_loader = make_loader(test_set, 256 if labelled else batch_sizes[0], shuffle=False)
     images = test_set.tensors[0]
     if onnx is not None:
         from .onnx import load_onnx
@@ -452,12 +547,15 @@ def optimize(model: str = "smallcnn", *, weights=None, data=None, train_data=Non
             M.load_weights(net, weights)
             weights_info = {"source": "file", "path": str(weights)}
         else:
-            _check_fits(net, images[:2], "images")
+            _check_fits(net, images[:2], "images", labelled)
             weights_info = _train_dense(net, model, train_set, test_loader, seed, progress, console)
     net.eval()
-    _check_fits(net, images[:2], "images")
-    dense_top1 = evaluate(net, test_loader)
-    _log(console, f"dense top-1 {dense_top1:.2%} on {len(test_set)} images")
+    _check_fits(net, images[:2], "images", labelled)
+    dense_top1 = evaluate(net, test_loader) if labelled else None
+    if labelled:
+        _log(console, f"dense top-1 {dense_top1:.2%} on {len(test_set)} images")
+    else:
+        _log(console, f"no labels: accuracy is not measured ({data_desc})")
 
     # -- prune ------------------------------------------------------------------------------------
     pruned = copy.deepcopy(net)
@@ -467,40 +565,43 @@ def optimize(model: str = "smallcnn", *, weights=None, data=None, train_data=Non
     pruned.eval()
     from .prune import sparsity_of
     layer_sparsity = sparsity_of(pruned)
-    pruned_top1 = evaluate(pruned, test_loader)
-    _log(console, f"pruned top-1 {pruned_top1:.2%}")
-    quant_rows = quantization_report(pruned, test_loader, quantize, pruned_top1)
+    pruned_top1 = evaluate(pruned, test_loader) if labelled else None
+    if labelled:
+        _log(console, f"pruned top-1 {pruned_top1:.2%}")
+        quant_rows = quantization_report(pruned, test_loader, quantize, pruned_top1)
+    else:
+        quant_rows = []
     for r in quant_rows:
         _log(console, f"quantized {r['method']}: top-1 {r['top1']:.2%} ({r['delta_points']:+.2f} "
                       f"points), {r['nbytes']:,} bytes")
-    export_path = None
-    if export_onnx is not None:
-        from .onnx import export_onnx as _export
-        export_path = str(_export(pruned, images[:1], export_onnx))
 
     # -- sparsify + tune ----------------------------------------------------------------------------
     sparse = copy.deepcopy(pruned)
     t0 = time.perf_counter()
-    snn.sparsify_(sparse, format=format, tune=tune, example_input=_batch(images, batch_sizes[0]),
-                  min_sparsity=0.5)
+    example = _batch(images, batch_sizes[0])
+    snn.sparsify_(sparse, format=format, tune=tune, example_input=example, min_sparsity=0.5)
     for b in batch_sizes[1:]:
         if tune:
             snn.tune_(sparse, _batch(images, b))
     tune_s = time.perf_counter() - t0
     try:
-        sparse_run = snn.compact(sparse, example_input=_batch(images, batch_sizes[0]))
+        sparse_run = snn.compact(sparse, example_input=example)
     except TypeError:
         sparse_run = sparse
     _log(console, f"sparsified and tuned in {tune_s:.1f} s")
 
     # -- verify -------------------------------------------------------------------------------------
     check = verify(sparse_run, pruned, test_loader)
-    _log(console, f"verify: max |err| {check['max_abs_err']:.2e}, predictions agree "
-                  f"{check['prediction_agreement']:.2%}")
+    _log(console, f"verify: max |err| {check['max_abs_err']:.2e}"
+         + (f", predictions agree {check['prediction_agreement']:.2%}" if labelled else ""))
 
     # -- benchmark ----------------------------------------------------------------------------------
     folded = copy.deepcopy(pruned)
-    snn.fold_batchnorm(folded)
+    notes = []
+    if snn.fusion.try_trace(folded) is not None:
+        snn.fold_batchnorm(folded, example_input=example)
+    else:
+        notes.append("dense_bn_folded = dense: the model is not fx-traceable, nothing folded")
     timing = {}
     for b in batch_sizes:
         x = _batch(images, b)
@@ -513,14 +614,18 @@ def optimize(model: str = "smallcnn", *, weights=None, data=None, train_data=Non
                       f"{t['sparse']['median_ms']:.3f} ms, {t['speedup']:.2f}x")
 
     sizes = snn.model_nbytes(sparse)
+    if not labelled:
+        notes.insert(0, "accuracy was NOT measured: no labels (label-free mode); the sparse "
+                        "model's outputs were compared with the pruned dense model's instead")
     result = {
         "job": "optimize", "model": name, "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "data": data_desc, "weights": weights_info, "threads": threads_info, "format": format,
-        "seed": seed, "batch_sizes": batch_sizes,
+        "seed": seed, "batch_sizes": batch_sizes, "labelled": labelled,
+        "input_shape": list(images.shape[1:]),
         "cpu": cpu_model(),
         "torch": torch.__version__,
-        "accuracy": {"dense_top1": dense_top1, "pruned_top1": pruned_top1,
-                     "sparse_top1": check["sparse_top1"], "n": check["n"]},
+        "accuracy": ({"dense_top1": dense_top1, "pruned_top1": pruned_top1,
+                      "sparse_top1": check["sparse_top1"], "n": check["n"]} if labelled else None),
         "pruning": {**prune_info, "layer_sparsity": layer_sparsity},
         "quantization": quant_rows,
         "verify": check,
@@ -528,15 +633,21 @@ def optimize(model: str = "smallcnn", *, weights=None, data=None, train_data=Non
         "latency": timing,
         "model_bytes": {"dense": _param_bytes(pruned), "sparse": sizes["nbytes"],
                         "sparse_layers_dense_equivalent": sizes["dense_nbytes"]},
-        "tune_seconds": tune_s, "export_onnx": export_path,
-        "notes": ["dense = the pruned model as trained (eval mode, BatchNorm not folded); "
-                  "dense_bn_folded = same with BatchNorm folded; sparse = BN folded, ReLU fused, "
-                  "per-layer kernels, fx-compacted",
-                  "per-layer times are the tuner's medians on each layer's real input "
-                  "('(cached)': measured by an earlier run with the same key, see "
-                  "sparsecnn.dispatch.problem_key)",
-                  f"verification tolerance: max|err| <= {VERIFY_TOL} x max(1, max|y_dense|)"],
+        "tune_seconds": tune_s, "export_onnx": None,
+        "notes": notes + [
+            "dense = the pruned model as trained (eval mode, BatchNorm not folded); "
+            "dense_bn_folded = same with BatchNorm folded; sparse = BN folded, ReLU fused, "
+            "per-layer kernels, fx-compacted",
+            "per-layer times are the tuner's medians on each layer's real input "
+            "('(cached)': measured by an earlier run with the same key, see "
+            "sparsecnn.dispatch.problem_key)",
+            f"verification tolerance: max|err| <= {VERIFY_TOL} x max(1, max|y_dense|)"],
     }
+    # -- outputs, all at the end (an interrupted run writes nothing) -----------------------------
+    if export_onnx is not None:
+        from .onnx import export_onnx as _export
+        result["export_onnx"] = str(_export(pruned, images[:1], export_onnx))
+        _log(console, f"exported the pruned dense model to {export_onnx} (dynamic N, H, W)")
     result["seconds"] = time.perf_counter() - t_start
     result["results_dir"] = str(_write_results(result, sparse, out_dir))
     return result

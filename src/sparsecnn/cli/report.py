@@ -34,9 +34,17 @@ def add_parser(subparsers) -> None:
         epilog=("examples:\n  sparsecnn report --arch alexnet --layer conv4 --sparsity 0.993\n"
                 "  sparsecnn report --arch resnet20 --weights "
                 "../shared/data/resnet_cifar10/resnet20-12fca82f.th --sparsity 0.9"))
-    p.add_argument("--arch", required=True, help="model name (sparsecnn.models.NAMES)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--arch", help="model name (sparsecnn.models.NAMES)")
+    src.add_argument("--onnx", metavar="FILE", help="an ONNX model (imported with onnx2torch; "
+                     "layer names are its node names)")
+    p.add_argument("--input-shape", metavar="N,C,H,W",
+                   help="shape of the random inputs when there is no --data (default: the "
+                        "model's, or the ONNX file's static input shape)")
     p.add_argument("--weights", help="checkpoint (.th/.pt state dict; a pruned one is fine). "
-                   "Default: random initialisation (the report says so)")
+                   "Default: the published pretrained weights of resnet20 / resnet56 when the "
+                   "shared data holds them (as optimize), else random initialisation (the "
+                   "report says so)")
     p.add_argument("--sparsity", type=float, default=None,
                    help="magnitude-prune every conv layer to this sparsity first (e.g. 0.993); "
                    "default: keep the weights as loaded")
@@ -80,7 +88,8 @@ def run(args) -> int:
     options = " ".join(f"--{k.replace('_', '-')}={v}" for k, v in sorted(vars(args).items())
                        if k not in ("func", "command") and v not in (None, False))
     with Progress(*columns, console=err, transient=False, disable=not err.is_terminal) as progress:
-        res = report(args.arch, weights=args.weights, sparsity=args.sparsity,
+        res = report(args.arch, onnx=args.onnx, input_shape=args.input_shape,
+                     weights=args.weights, sparsity=args.sparsity,
                      prune_scope=args.prune_scope, layers=args.layer, data=args.data,
                      threads=args.threads, out=args.out, bench=args.bench, format=args.format,
                      images=args.images, eval_images=args.eval_images,

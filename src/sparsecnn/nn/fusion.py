@@ -125,12 +125,19 @@ def check_rewrite(model: nn.Module, reference, example_input, what: str) -> str:
 
 
 class _Tracer(fx.Tracer):
-    """fx tracer treating sparsecnn's modules (and torch.nn's) as leaves."""
+    """fx tracer treating sparsecnn's modules, onnx2torch's operator modules (and torch.nn's)
+    as leaves."""
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        if isinstance(m, (SparseConv2d, SparseLinear)):
+        if isinstance(m, (SparseConv2d, SparseLinear)) or _is_onnx2torch(m):
             return True
         return super().is_leaf_module(m, qualname)
+
+
+def _is_onnx2torch(m: nn.Module) -> bool:
+    """An onnx2torch operator module (ONNX imports): a leaf, as its forward often has
+    shape-dependent Python that symbolic tracing cannot follow."""
+    return any(c.__module__.startswith("onnx2torch.") for c in type(m).__mro__[:-1])
 
 
 def trace(model: nn.Module) -> fx.Graph:

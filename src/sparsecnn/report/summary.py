@@ -21,6 +21,17 @@ def layer_rows(result: dict, batch) -> list[list[str]]:
     return rows
 
 
+NOT_MEASURED = ("**Accuracy was not measured**: no labels (label-free mode). The sparse model's "
+                "outputs were checked against the pruned dense model's instead.")
+
+
+def _accuracy_lines(acc) -> list[str]:
+    if acc is None:
+        return ["## Accuracy", "", NOT_MEASURED, ""]
+    return ["## Accuracy (top-1)", "", "| dense | pruned | sparse-executed |", "| --- | --- | --- |",
+            f"| {acc['dense_top1']:.2%} | {acc['pruned_top1']:.2%} | {acc['sparse_top1']:.2%} |", ""]
+
+
 def render_summary(result: dict) -> str:
     """Markdown summary of an :func:`optimize` result."""
     acc, ver, mb = result["accuracy"], result["verify"], result["model_bytes"]
@@ -31,12 +42,12 @@ def render_summary(result: dict) -> str:
              f"{result['pruning'].get('schedule', result['pruning'].get('note', ''))}",
              f"- threads: torch {result['threads']['torch']}, numba {result['threads']['numba']}; "
              f"CPU: {result['cpu']}; format {result['format']}", "",
-             "## Accuracy (top-1)", "", "| dense | pruned | sparse-executed |", "| --- | --- | --- |",
-             f"| {acc['dense_top1']:.2%} | {acc['pruned_top1']:.2%} | {acc['sparse_top1']:.2%} |", "",
+             *_accuracy_lines(acc),
              f"Sparse vs pruned dense on {ver['n']} images: max |err| {ver['max_abs_err']:.2e} "
              f"(tolerance {ver['tolerance']} x max(1, {ver['scale']:.3g})), "
-             f"{'within' if ver['within_tolerance'] else 'OUTSIDE'} tolerance; top-1 predictions "
-             f"agree on {ver['prediction_agreement']:.2%}.", "",
+             f"{'within' if ver['within_tolerance'] else 'OUTSIDE'} tolerance"
+             + (f"; top-1 predictions agree on {ver['prediction_agreement']:.2%}."
+                if ver.get("prediction_agreement") is not None else "."), "",
              "## End-to-end latency (median ms, one process, alternating blocks of 20 calls)", "",
              "| batch | dense (BN not folded) | dense, BN folded | sparse | speedup vs dense | vs folded |",
              "| --- | --- | --- | --- | --- | --- |"]
@@ -79,12 +90,18 @@ def print_summary(result: dict, console=None) -> None:
             t.add_row(*row)
         console.print(t)
     acc, ver = result["accuracy"], result["verify"]
-    t = Table(title="top-1 accuracy")
-    for col in ("dense", "pruned", "sparse-executed", "predictions agree", "max |err|"):
-        t.add_column(col, justify="right")
-    t.add_row(f"{acc['dense_top1']:.2%}", f"{acc['pruned_top1']:.2%}", f"{acc['sparse_top1']:.2%}",
-              f"{ver['prediction_agreement']:.2%}", f"{ver['max_abs_err']:.1e}")
-    console.print(t)
+    if acc is None:
+        console.print("[bold]accuracy NOT measured[/] (no labels, label-free mode); sparse vs "
+                      f"pruned dense outputs: max |err| {ver['max_abs_err']:.1e} "
+                      f"({'within' if ver['within_tolerance'] else 'OUTSIDE'} tolerance)")
+    else:
+        t = Table(title="top-1 accuracy")
+        for col in ("dense", "pruned", "sparse-executed", "predictions agree", "max |err|"):
+            t.add_column(col, justify="right")
+        t.add_row(f"{acc['dense_top1']:.2%}", f"{acc['pruned_top1']:.2%}",
+                  f"{acc['sparse_top1']:.2%}", f"{ver['prediction_agreement']:.2%}",
+                  f"{ver['max_abs_err']:.1e}")
+        console.print(t)
     t = Table(title="end-to-end latency (median ms)")
     for col in ("batch", "dense", "dense BN folded", "sparse", "speedup", "vs folded"):
         t.add_column(col, justify="right")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import html
 import json
+import re
 import time
 from pathlib import Path
 
@@ -18,6 +19,13 @@ from .._atomic import atomic_dir
 from ._common import FIGURES
 
 MARKER = "report.json"
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def file_stem(layer: str) -> str:
+    """A layer name as a file-name part: ``/`` (ONNX node names) and other characters that are
+    not letters, digits, ``.``, ``_`` or ``-`` become ``_``."""
+    return _UNSAFE.sub("_", layer).strip("_") or "layer"
 
 
 def _jsonable(obj):
@@ -102,7 +110,7 @@ def tables(d: dict) -> dict[str, list[dict]]:
                              for row in res.get("rows", [])]
     for n in d["detail_layers"]:
         fnnz = d["profiles"][n]["filter_nnz"]
-        out[f"filter_nnz_{n}"] = [{"k": k, **{f"c{c}": int(v) for c, v in enumerate(row)}}
+        out[f"filter_nnz_{file_stem(n)}"] = [{"k": k, **{f"c{c}": int(v) for c, v in enumerate(row)}}
                                   for k, row in enumerate(fnnz)]
     return out
 
