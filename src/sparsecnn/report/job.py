@@ -200,6 +200,8 @@ def report(arch: str | None = None, *, onnx=None, input_shape=None, weights=None
         block_threshold=block_threshold, block_tile=tuple(tile), bench=bench,
         eval_images=eval_images, activation_images=images, progress=progress)
     d["accuracy"] = accuracy
+    d["sweep_weights_source"] = ("loaded (before this report's pruning)" if sparsity is not None
+                                 else "loaded")
     scope = layers[0] if layers and len(layers) == 1 else (
         ", ".join(layers) if layers else f"all {len(names)} conv layers")
     meta = {

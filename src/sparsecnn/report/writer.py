@@ -138,7 +138,7 @@ h1{font-size:1.6em} h2{font-size:1.2em;margin-top:2em;border-bottom:1px solid #d
 table{border-collapse:collapse;font-size:.85em;margin:8px 0} td,th{border:1px solid #ddd;padding:3px 7px;
 text-align:right} th{background:#f4f4f4} td:first-child,th:first-child{text-align:left}
 .note{color:#555;font-size:.9em} .unavail{color:#a33;font-style:italic} .figure{margin:8px 0 24px}
-.files a{margin-right:10px}
+.files a{margin-right:10px} .lead{font-size:1.05em}
 """
 
 STATUS_JS = """
@@ -148,10 +148,18 @@ window.addEventListener('error', function (e) { window.__reportErrors.push(Strin
 window.addEventListener('load', function () {
   setTimeout(function () {
     var figs = Array.prototype.slice.call(document.querySelectorAll('.figure .plotly-graph-div'));
-    var rects = figs.map(function (f) { var r = f.getBoundingClientRect();
-      return {id: f.id, name: f.closest('.figure').getAttribute('data-figure'),
-              x: r.left + window.scrollX, y: r.top + window.scrollY, w: r.width, h: r.height,
-              rendered: !!(f._fullLayout && f.querySelector('.main-svg'))}; });
+    function box(el) { var r = el.getBoundingClientRect();
+      return {x: r.left + window.scrollX, y: r.top + window.scrollY, w: r.width, h: r.height}; }
+    function boxes(f, sel) { return Array.prototype.slice.call(f.querySelectorAll(sel))
+      .map(box).filter(function (b) { return b.w > 0 && b.h > 0; }); }
+    var rects = figs.map(function (f) { var r = box(f);
+      r.id = f.id; r.name = f.closest('.figure').getAttribute('data-figure');
+      r.rendered = !!(f._fullLayout && f.querySelector('.main-svg'));
+      // layout geometry, for the overlap checks of the browser test
+      r.parts = {modebar: boxes(f, '.modebar'), title: boxes(f, '.g-gtitle text'),
+                 menus: boxes(f, '.updatemenu-header-group'), legend: boxes(f, '.legend .bg'),
+                 plot: boxes(f, '.draglayer .nsewdrag'), bartext: boxes(f, '.bars .bartext')};
+      return r; });
     document.body.setAttribute('data-report-status', JSON.stringify({
       figures: figs.length, rendered: rects.filter(function (r) { return r.rendered; }).length,
       errors: window.__reportErrors, rects: rects,
@@ -182,6 +190,9 @@ def render_html(d: dict, meta: dict, figs: dict, static_names: set[str], tabs: d
              f"</title><style>{CSS}</style>{STATUS_JS}"
              f"<script type='text/javascript'>{plotly.offline.get_plotlyjs()}</script></head><body>"]
     parts.append(f"<h1>{html.escape(meta.get('title', 'sparsecnn report'))}</h1>")
+    if "top-1 of these weights" in meta:
+        parts.append(f"<p class='lead'>Top-1 of the weights shown: "
+                     f"<b>{html.escape(str(meta['top-1 of these weights']))}</b></p>")
     parts.append("<table>" + "".join(
         f"<tr><th>{html.escape(str(k))}</th><td style='text-align:left'>{html.escape(str(v))}</td></tr>"
         for k, v in meta.items() if k != "title") + "</table>")
