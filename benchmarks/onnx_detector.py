@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import copy
 import json
 import statistics
 import tempfile
@@ -143,8 +144,9 @@ def node_times(gm: fx.GraphModule, x, repeats: int) -> dict[str, float]:
 
 def breakdown(gm: fx.GraphModule, x, repeats: int, first_conv: str) -> dict:
     """Per-node ms grouped: conv kinds (with the kernel that ran) and other ops by type."""
-    from sparsecnn.nn import SparseConv2d
+    from sparsecnn.nn import SparseConv2d, layer_table
     mods = dict(gm.named_modules())
+    chosen = {r["name"]: r["kernel"] for r in layer_table(gm, batch=x.shape[0])}
     nt = node_times(gm, x, repeats)
     groups = collections.defaultdict(lambda: {"ms": 0.0, "count": 0, "kernels": collections.Counter()})
     for node in gm.graph.nodes:
@@ -158,7 +160,7 @@ def breakdown(gm: fx.GraphModule, x, repeats: int, first_conv: str) -> dict:
             geo.groups, geo.in_channels = m.groups, m.weight.shape[1] * m.groups
             geo.kernel_size = tuple(m.weight.shape[2:])
             key = conv_kind(geo, node.target == first_conv)
-            kern = m.algo if m.algo != "auto" else (m.choices.get(1) or "auto")
+            kern = chosen.get(node.target, m.algo)
         else:
             key = type(m).__name__ if m is not None else (
                 getattr(node.target, "__name__", str(node.target)))
@@ -183,6 +185,10 @@ def main(argv=None) -> int:
     ap.add_argument("--time", type=float, default=3.0, help="seconds of end-to-end timing")
     ap.add_argument("--repeats", type=int, default=7, help="runs of the per-node breakdown")
     ap.add_argument("--json", type=Path, help="write the numbers here")
+    ap.add_argument("--compare-untraced", action="store_true",
+                    help="also time the sparse model as it was before onnx2torch's modules were fx "
+                         "leaves (the imported graph then does not trace: no ReLU fusion, no "
+                         "compact)")
     args = ap.parse_args(argv)
 
     from sparsecnn import nn as snn
@@ -206,8 +212,6 @@ def main(argv=None) -> int:
     print(f"detector: {n_conv} convs ({len(convs)} after import), {args.size}x{args.size}, "
           f"every conv but {first!r} at {args.sparsity:.0%}; threads {threads}")
 
-    sparse = load_onnx_copy = None  # noqa: F841
-    import copy
     sparse = copy.deepcopy(net)
     t0 = time.perf_counter()
     snn.sparsify_(sparse, example_input=x, min_sparsity=0.5)
@@ -219,10 +223,31 @@ def main(argv=None) -> int:
     print(f"sparsify + tune: {tune_s:.1f} s; output check vs dense: {'ok' if chk.ok else chk.message}"
           f" (max |err| {chk.max_abs_err:.2e})")
 
-    t = time_models({"dense": net, "sparse": run}, x, min_time_s=args.time)
+    models_ = {"dense": net, "sparse": run}
+    if args.compare_untraced:
+        import warnings
+
+        from sparsecnn.nn import fusion
+        real = fusion._is_onnx2torch
+        fusion._is_onnx2torch = lambda m: False       # the old tracer: the graph fails to trace
+        try:
+            old = copy.deepcopy(net)
+            with warnings.catch_warnings(record=True) as seen:
+                warnings.simplefilter("always")
+                snn.sparsify_(old, example_input=x, min_sparsity=0.5)
+            skipped = any("not fx-traceable" in str(w.message) for w in seen)
+            print(f"untraced variant: fusion skipped = {skipped}")
+            models_["sparse_untraced"] = old
+        finally:
+            fusion._is_onnx2torch = real
+    t = time_models(models_, x, min_time_s=args.time)
     ratio = t["dense"]["median_ms"] / t["sparse"]["median_ms"]
     print(f"end to end, batch 1: dense {t['dense']['median_ms']:.2f} ms, sparse "
           f"{t['sparse']['median_ms']:.2f} ms -> {ratio:.2f}x")
+    if "sparse_untraced" in t:
+        print(f"  sparse without tracing the imported graph (no ReLU fusion, no compact): "
+              f"{t['sparse_untraced']['median_ms']:.2f} ms -> "
+              f"{t['dense']['median_ms'] / t['sparse_untraced']['median_ms']:.2f}x")
 
     dense_gm = net if isinstance(net, fx.GraphModule) else fx.symbolic_trace(net)
     bd_dense = breakdown(dense_gm, x, args.repeats, first)

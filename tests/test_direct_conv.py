@@ -15,9 +15,10 @@ from hypothesis import strategies as st
 
 import sparsecnn
 from sparsecnn import conv2d, to_sparse
-from sparsecnn.formats import CSRWeight, DirectConvCSR
-from sparsecnn.kernels import registry
+from sparsecnn.formats import CSRWeight
+from sparsecnn.kernels import prepared, registry
 from sparsecnn.kernels.cpu import direct as D
+from sparsecnn.kernels.cpu.direct_csr import DirectConvCSR
 
 # the kernel needs the ISA features it declares; without them its tests skip, saying why
 _WHY = registry.get("conv2d", "direct").unavailable()
@@ -118,7 +119,8 @@ def test_channel_blocking_matches(monkeypatch):
     monkeypatch.setattr(D, "_choose_cblock", lambda *a: 7)
     sw2 = to_sparse(wt)
     y = conv2d(x, sw2, None, 1, 1, algo="direct", relu=True)
-    assert D.prepare(sw2, (40, 9, 9), (1, 1), (1, 1), (1, 1), 1).nblocks == 6
+    (prep,) = prepared.CACHE.held(sw2)
+    assert prep.operand.d.nblocks == 6
     torch.testing.assert_close(y, torch.relu(ref), rtol=1e-5, atol=1e-5)
 
 
@@ -138,14 +140,15 @@ def test_repeated_calls_reuse_preparation():
     x = torch.randn(1, 8, 10, 10)
     sw = to_sparse(_weight((8, 8, 3, 3), 0.8, seed=8))
     y1 = conv2d(x, sw, None, 1, 1, algo="direct")
-    d1 = D.prepare(sw, (8, 10, 10), (1, 1), (1, 1), (1, 1), 1)
+    (d1,) = prepared.CACHE.held(sw)
     y2 = conv2d(x, sw, None, 1, 1, algo="direct")
-    assert D.prepare(sw, (8, 10, 10), (1, 1), (1, 1), (1, 1), 1) is d1
+    assert prepared.CACHE.held(sw) == [d1]
     assert torch.equal(y1, y2)
     # a different geometry gets its own preparation and a correct answer
     x2 = torch.randn(2, 8, 7, 12)
-    _ = conv2d(x2, sw, None, 2, 0, algo="direct")
-    assert D.prepare(sw, (8, 7, 12), (2, 2), (0, 0), (1, 1), 1) is not d1
+    y3 = conv2d(x2, sw, None, 2, 0, algo="direct")
+    assert len(prepared.CACHE.held(sw)) == 2
+    torch.testing.assert_close(y3, F.conv2d(x2, sw.to_dense(), None, 2, 0), rtol=1e-4, atol=1e-4)
 
 
 @needs_direct
@@ -168,13 +171,15 @@ def test_inputs_requiring_grad():
 
 def test_registered():
     k = registry.get("conv2d", "direct")
-    assert k.fn is D.conv2d_direct
-    assert "csr" in k.formats and "unified_csr" in k.formats
+    assert k.run is D.conv2d_direct and k.prepare is D.prepare_direct
+    assert k.accepts("csr") and k.accepts("unified_csr") and not k.accepts("bsr")
 
 
 @needs_direct
 def test_auto_dispatch_uses_direct_for_csr():
-    assert sparsecnn.dispatch.choose("conv2d", None, {"format": "csr"}) == "direct"
+    from sparsecnn.problem import ConvProblem
+    p = ConvProblem(1, 8, 9, 9, 8, 3, 3, format="csr", density=0.1)
+    assert sparsecnn.dispatch.heuristic(p) == "direct"
 
 
 @settings(max_examples=25, deadline=None)
@@ -286,7 +291,7 @@ def test_direct_csr_accepts_padded_csr_with_explicit_zeros():
     rowptr[1:] += 1
     padded = CSRWeight(rowptr, colidx, values, csr.shape)
     x = torch.randn(1, 3, 8, 8)
-    y = D.conv2d_direct(x, padded, None, (1, 1), (1, 1), (1, 1), 1, False)
+    y = conv2d(x, padded, None, 1, 1, algo="direct")
     torch.testing.assert_close(y, F.conv2d(x, w, None, 1, 1), rtol=1e-4, atol=1e-4)
 
 

@@ -8,18 +8,15 @@ with different counts compares unlike things, and a count above the cores oversu
 from __future__ import annotations
 
 import math
-import os
 
 
 def max_threads() -> int:
     """The largest count :func:`check_threads` accepts: the usable cores, and at most Numba's
     thread pool (``NUMBA_NUM_THREADS``)."""
     import numba
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # not Linux
-        cores = os.cpu_count() or 1
-    return max(1, min(cores, int(numba.config.NUMBA_NUM_THREADS)))
+
+    from .timing import cpu_budget
+    return max(1, min(cpu_budget(), int(numba.config.NUMBA_NUM_THREADS)))
 
 
 def check_threads(threads, what: str = "threads") -> int:

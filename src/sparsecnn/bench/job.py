@@ -41,7 +41,8 @@ def bench(*, suite: str | None = None, layers=None, sparsities=None, kernels=Non
     """
     from . import core, layers as L
     from .benchmark import Benchmark
-    from .output import machine_info, other_runnable, render_tables, write_results
+    from ..timing import other_runnable
+    from .output import machine_info, render_tables, write_results
 
     specs = L.select_layers(suite or L.DEFAULT_SUITE, layers)
     b = Benchmark(tuple(specs),

@@ -4,8 +4,8 @@ Algorithm (Park et al. 2017, "Faster CNNs with direct sparse convolutions and gu
 ICLR; the same data layout as Escoin, Chen 2018):
 
 1. The weight's CSR column indices are rewritten once per input geometry into offsets into the
-   prepared input (:class:`~sparsecnn.formats.direct.DirectConvCSR`, cached per weight object
-   and geometry).
+   prepared input (:class:`~sparsecnn.kernels.cpu.direct_csr.DirectConvCSR`, built by the
+   kernel's prepare step and cached with the weight by :mod:`sparsecnn.kernels.prepared`).
 2. Per call, the input is copied once into a flat, 64-byte aligned float32 buffer (reused per
    Python thread): padded (stride 1: one ``vexpandps`` + store per 16 floats of a padded plane,
    lane masks precomputed per plan), and for stride > 1 split into ``sh * sw`` phase planes
@@ -32,19 +32,18 @@ Tiny problems (a few microseconds of work) run single-threaded: waking threads w
 from __future__ import annotations
 
 import threading
-import weakref
 
 import numba
 import numpy as np
 import torch
 from numba import njit, prange
 
-from ...formats.direct import DirectConvCSR
+from .direct_csr import DirectConvCSR
 from ..registry import Kernel, register
 from ._simd import (NV_MAX, VEC, deinterleave2, expand16, expand16_full, fma_tile, is_ready, publish,
                     try_claim, vfill)
 
-__all__ = ["conv2d_direct", "partition_rows", "prepare", "plan"]
+__all__ = ["conv2d_direct", "partition_rows", "prepare_direct", "layout", "DirectOperand"]
 
 # Work (in 16-wide FMAs) below which a call runs on one thread.
 SERIAL_WORK = 40_000
@@ -281,11 +280,8 @@ def _run_serial(x4, xbuf, prm, offs, vals, blkptr, bias, out4, kb, tb, sc, masks
 
 
 # --------------------------------------------------------------------------------------------
-# preparation (cached) and planning
+# preparation and planning (the kernel's prepare step; cached by kernels.prepared)
 # --------------------------------------------------------------------------------------------
-_CACHE_LOCK = threading.Lock()
-_PREPARED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-_MAX_PER_WEIGHT = 16
 _TLS = threading.local()
 
 
@@ -303,37 +299,17 @@ def _choose_cblock(cg: int, nphase: int, plane: int, nnz: int, k: int) -> int:
     return cblock
 
 
-def prepare(weight, in_shape, stride, padding, dilation, groups, cblock=None) -> DirectConvCSR:
-    """The :class:`DirectConvCSR` of ``weight`` for this geometry, built once and cached.
-
-    The cache is keyed on the weight object (weakly: it dies with the weight) and the geometry;
-    a weight's arrays must not be modified in place after its first use.
-    """
-    key = (tuple(in_shape)[-3:], tuple(stride), tuple(padding), tuple(dilation), int(groups),
-           cblock)
-    with _CACHE_LOCK:
-        per = _PREPARED.get(weight)
-        if per is not None:
-            d = per.get(key)
-            if d is not None:
-                return d
-    c, h, w = key[0]
+def layout(weight, problem, cblock=None) -> DirectConvCSR:
+    """The :class:`DirectConvCSR` of a CSR-like ``weight`` for ``problem``'s input geometry
+    (input channels blocked by :func:`_choose_cblock` unless ``cblock`` is given)."""
+    p = problem
     if cblock is None:
-        k, cg, r, s = weight.shape
-        sh, sw = stride
-        oh = (h + 2 * padding[0] - dilation[0] * (r - 1) - 1) // sh + 1
-        ow = (w + 2 * padding[1] - dilation[1] * (s - 1) - 1) // sw + 1
-        hph = oh + (r - 1) * dilation[0] // sh
-        wph = ow + (s - 1) * dilation[1] // sw
-        cblock = _choose_cblock(cg, sh * sw, hph * wph, int(weight.values.size), k)
-    d = DirectConvCSR.from_csr(weight, key[0], stride, padding, dilation, groups, cblock)
-    d._plans = {}
-    with _CACHE_LOCK:
-        per = _PREPARED.setdefault(weight, {})
-        if len(per) >= _MAX_PER_WEIGHT:
-            per.pop(next(iter(per)))
-        per[key] = d
-    return d
+        hph = p.OH + (p.R - 1) * p.dilation[0] // p.stride[0]
+        wph = p.OW + (p.S - 1) * p.dilation[1] // p.stride[1]
+        cblock = _choose_cblock(p.C // p.groups, p.stride[0] * p.stride[1], hph * wph,
+                                int(weight.values.size), p.K)
+    return DirectConvCSR.from_csr(weight, (p.C, p.H, p.W), p.stride, p.padding, p.dilation,
+                                  p.groups, cblock)
 
 
 class _Plan:
@@ -409,17 +385,6 @@ class _Plan:
             self.emask = self.epos = np.zeros(1, dtype=np.int32)
 
 
-def plan(d: DirectConvCSR, n: int, nthreads: int | None = None) -> _Plan:
-    """The (cached) execution plan of prepared weight ``d`` at batch ``n`` and ``nthreads``."""
-    t = numba.get_num_threads() if nthreads is None else int(nthreads)
-    key = (n, t)
-    p = d._plans.get(key)
-    if p is None:
-        p = _Plan(d, n, t)
-        d._plans[key] = p
-    return p
-
-
 def _workspace(name: str, size: int) -> np.ndarray:
     """A reusable per-thread float32 buffer of at least ``size`` elements, 64-byte aligned."""
     ws = getattr(_TLS, "ws", None)
@@ -442,50 +407,40 @@ def _state(size: int) -> np.ndarray:
     return st[:size] if st.size != size else st
 
 
-# per weight object: (input shape, geometry, threads) -> (prepared weight, plan, jitted entry,
-# output shape), so a repeated call pays one dictionary lookup
-_CALLS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+class DirectOperand:
+    """The ``direct`` kernel's prepared operand: the weight's offsets for one input geometry,
+    the execution plan for one batch size and thread count, and the jitted entry to call."""
+
+    __slots__ = ("d", "plan", "entry", "out_shape", "zero_bias")
+
+    def __init__(self, d: DirectConvCSR, plan: _Plan, out_shape):
+        self.d, self.plan, self.out_shape = d, plan, tuple(out_shape)
+        self.entry = _run_parallel if plan.parallel else _run_serial
+        self.zero_bias = np.zeros(d.shape[0], dtype=np.float32)
 
 
-def _call_entry(weight, key):
-    shape, stride, padding, dilation, groups, nt = key
-    n, c, h, w = shape
-    d = prepare(weight, (c, h, w), stride, padding, dilation, groups)
-    p = plan(d, n, nt)
-    e = (d, p, _run_parallel if p.parallel else _run_serial, (n, d.shape[0]) + tuple(d.out_hw))
-    with _CACHE_LOCK:
-        per = _CALLS.setdefault(weight, {})
-        if len(per) >= _MAX_PER_WEIGHT:
-            per.pop(next(iter(per)))
-        per[key] = e
-    return e
-
-
-def _bias_array(bias, k: int, d: DirectConvCSR) -> np.ndarray:
-    if bias is None:
-        z = getattr(d, "_zero_bias", None)
-        if z is None:
-            z = d._zero_bias = np.zeros(k, dtype=np.float32)
-        return z
-    return (bias.detach() if bias.requires_grad else bias).numpy()
+def prepare_direct(weight, problem, cblock=None) -> DirectOperand:
+    """The ``prepare`` step of ``direct``: offsets (:func:`layout`) and a plan for
+    ``problem.N`` images on the current Numba thread count."""
+    d = layout(weight, problem, cblock)
+    return DirectOperand(d, _Plan(d, problem.N, numba.get_num_threads()), problem.out_shape)
 
 
 # --------------------------------------------------------------------------------------------
 # kernel entry point
 # --------------------------------------------------------------------------------------------
-def conv2d_direct(x, weight, bias, stride, padding, dilation, groups, relu):
+def conv2d_direct(prep, x, bias):
     """Direct sparse convolution of ``x`` with a CSR weight (registered as kernel ``"direct"``).
 
     Parameters
     ----------
+    prep : Prepared
+        ``prep.operand`` the :class:`DirectOperand` built by :func:`prepare_direct` for
+        ``prep.problem`` (a :class:`~sparsecnn.problem.ConvProblem`: geometry, batch, fused
+        ReLU) from a CSR-like weight ``(K, C/groups, R, S)`` (explicit zeros of a padded CSR
+        included).
     x : torch.Tensor (N, C, H, W) float32, contiguous, CPU
-    weight : CSRWeight (or a subclass / padded CSR with ``rowptr``, ``colidx``, ``values``)
-        ``(K, C/groups, R, S)``.
     bias : torch.Tensor (K,) float32 or None
-    stride, padding, dilation : pair of int
-    groups : int
-    relu : bool
-        Fuse a ReLU into the output store.
 
     Returns
     -------
@@ -493,29 +448,28 @@ def conv2d_direct(x, weight, bias, stride, padding, dilation, groups, relu):
 
     Notes
     -----
-    Arguments are validated by :func:`sparsecnn.conv2d`; this function trusts them. The first
-    call per (weight, input geometry) rewrites the weight (:func:`prepare`); later calls reuse it.
+    Arguments are validated by :func:`sparsecnn.conv2d`; this function trusts them. The per-call
+    buffers (padded input, scratch, slice states) are reused per Python thread.
     """
-    nt = numba.get_num_threads()
-    key = (x.shape, stride, padding, dilation, groups, nt)
-    per = _CALLS.get(weight)
-    e = None if per is None else per.get(key)
-    if e is None:
-        e = _call_entry(weight, key)
-    d, p, run, oshape = e
+    op = prep.operand
+    p = op.plan
     ws = getattr(_TLS, "call", None)
     if ws is None or ws[0] is not p:
         ws = _TLS.call = (p, _workspace("x", p.buf_len), _workspace("sc", p.sc_len),
-                          _state(oshape[0] * p.nsl))
-    out = np.empty(oshape, dtype=np.float32)
-    run((x.detach() if x.requires_grad else x).numpy(), ws[1], p.prm, d.offsets, d.values,
-        d.blkptr, _bias_array(bias, oshape[1], d), out, p.kb, p.tb, ws[2], p.masks, p.opos,
-        ws[3], p.emask, p.epos, p.nitems, bool(relu))
+                          _state(op.out_shape[0] * p.nsl))
+    d = op.d
+    out = np.empty(op.out_shape, dtype=np.float32)
+    b = op.zero_bias if bias is None else (bias.detach() if bias.requires_grad else bias).numpy()
+    op.entry((x.detach() if x.requires_grad else x).numpy(), ws[1], p.prm, d.offsets, d.values,
+             d.blkptr, b, out, p.kb, p.tb, ws[2], p.masks, p.opos, ws[3], p.emask, p.epos,
+             p.nitems, bool(prep.problem.relu))
     return torch.from_numpy(out)
 
 
 register(Kernel(
-    "direct", "conv2d", conv2d_direct, formats=("csr", "unified_csr"), requires=("avx512f",),
+    "direct", "conv2d", conv2d_direct, formats=("csr",), prepare=prepare_direct,
+    requires=("avx512f",),
+    sources=("sparsecnn.kernels.cpu._simd", "sparsecnn.kernels.cpu.direct_csr"),
     description="direct sparse convolution (Park et al. 2017): CSR offsets into the padded / "
                 "phase-split input, AVX-512 register-blocked FMAs, threads balanced by nnz",
 ))
