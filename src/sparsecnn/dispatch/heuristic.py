@@ -6,7 +6,7 @@ from ..kernels import registry
 
 # Preference order per op among the kernels that accept the weight's format.
 PREFERENCE = {
-    "conv2d": ("direct", "im2col_spmm", "dense"),
+    "conv2d": ("direct_avx512", "direct", "im2col_spmm", "dense"),
     "linear": ("spmv", "spmm", "dense"),
 }
 
