@@ -239,9 +239,8 @@ class DirectOperand:
         self.oshape = (int(n), d.shape[0]) + tuple(d.out_hw)
         self.zero_bias = np.zeros(d.shape[0], dtype=np.float32)
 
-    def run(self, x: torch.Tensor, bias, relu: bool) -> torch.Tensor:
-        """``(N, K, OH, OW)`` float32 output of the convolution of ``x`` (validated by the
-        caller: contiguous float32 CPU, the shape it was planned for)."""
+    def call_args(self, x: torch.Tensor, bias, relu: bool) -> tuple:
+        """The arguments of ``entry`` for one call (the output array is ``args[7]``)."""
         p = self.plan
         ws = getattr(_TLS, "call", None)
         if ws is None or ws[0] is not p:
@@ -250,10 +249,16 @@ class DirectOperand:
         out = np.empty(self.oshape, dtype=np.float32)
         b = self.zero_bias if bias is None else (bias.detach() if bias.requires_grad
                                                  else bias).numpy()
-        self.entry((x.detach() if x.requires_grad else x).numpy(), ws[1], p.prm, self.d.offsets,
-                   self.d.values, self.d.blkptr, b, out, p.kb, p.tb, ws[2], ws[3], *self.tables,
-                   p.nitems, bool(relu))
-        return torch.from_numpy(out)
+        return ((x.detach() if x.requires_grad else x).numpy(), ws[1], p.prm, self.d.offsets,
+                self.d.values, self.d.blkptr, b, out, p.kb, p.tb, ws[2], ws[3], *self.tables,
+                p.nitems, bool(relu))
+
+    def run(self, x: torch.Tensor, bias, relu: bool) -> torch.Tensor:
+        """``(N, K, OH, OW)`` float32 output of the convolution of ``x`` (validated by the
+        caller: contiguous float32 CPU, the shape it was planned for)."""
+        args = self.call_args(x, bias, relu)
+        self.entry(*args)
+        return torch.from_numpy(args[7])
 
 
 # --------------------------------------------------------------------------------------------
