@@ -208,24 +208,39 @@ def tile_module(w: int, nv_max: int):
     return mod
 
 
-def test_neon_tile_has_no_spills():
-    """At NEON's shape (4 floats, NV_MAX 24) the accumulators stay in the 32 v registers: the
-    widest tile's loop body has no stack traffic."""
+_X86 = "x86_64-unknown-linux-gnu"
+# (ISA level, LLVM CPU, triple, the multiply-add instruction, a stack reference in its assembly)
+_SHAPES = [("neon", "generic", _AARCH64, "fmla\tv", r"\[sp"),
+           ("avx512", "skylake-avx512", _X86, "vfmadd", r"\(%rsp\)"),
+           ("avx2", "haswell", _X86, "vfmadd", r"\(%rsp\)"),
+           ("avx", "sandybridge", _X86, "vmulps", r"\(%rsp\)"),
+           ("sse2", "x86-64", _X86, "mulps", r"\(%rsp\)")]
+
+
+@pytest.mark.parametrize("isa, cpu, triple, fma, stack", _SHAPES, ids=[s[0] for s in _SHAPES])
+def test_widest_tile_fits_the_register_file(isa, cpu, triple, fma, stack):
+    """At each target's (VW, NV_MAX) the widest tile's accumulators stay in registers: its loop
+    (the basic block with the most multiply-adds) has no stack traffic. This is what sizes
+    NV_MAX per target (:func:`sparsecnn.kernels.cpu._vec.vector_shape`)."""
     import re
 
     import llvmlite.binding as ll
 
+    from sparsecnn.kernels.capabilities import _init_llvm
     from sparsecnn.kernels.cpu import _vec
 
-    w, nv_max = _vec.vector_shape("neon")
-    mod, tm = retarget_to_aarch64(str(tile_module(w, nv_max)))
+    w, nv_max = _vec.vector_shape(isa)
+    if triple == _AARCH64:
+        mod, tm = retarget_to_aarch64(str(tile_module(w, nv_max)))
+    else:
+        _init_llvm()
+        mod = ll.parse_assembly(str(tile_module(w, nv_max)))
+        tm = ll.Target.from_triple(triple).create_target_machine(cpu=cpu, opt=2)
     asm = tm.emit_assembly(mod)
-    assert "fmla\tv" in asm
-    # the loop with the most fmla instructions is the nv_max tile; no sp-relative load/store in it
-    loops = re.split(r"\n(?=\.LBB)", asm)
-    body = max(loops, key=lambda blk: blk.count("fmla\tv"))
-    assert body.count("fmla\tv") >= nv_max
-    assert not re.search(r"\[sp", body), body
+    blocks = re.split(r"\n(?=\.LBB)", asm)
+    body = max(blocks, key=lambda blk: blk.count(fma))
+    assert body.count(fma) >= nv_max, body
+    assert not re.search(stack, body), body
 
 
 def _qemu_tools():

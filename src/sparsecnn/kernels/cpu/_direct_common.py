@@ -109,7 +109,8 @@ def prepare_weight(weight, in_shape, stride, padding, dilation, groups, cblock=N
                    choose=choose_cblock) -> DirectConvCSR:
     """The :class:`DirectConvCSR` of ``weight`` for input ``(C, H, W)`` and this geometry.
 
-    ``cblock=None`` chooses the input-channel block with ``choose(cg, nphase, plane, nnz, k)``.
+    ``cblock=None`` chooses the input-channel block with ``choose(cg, nphase, plane, nnz, k,
+    out_hw=(OH, OW), phase_hw=(Hph, Wph))``.
 
     Raises
     ------
@@ -125,7 +126,8 @@ def prepare_weight(weight, in_shape, stride, padding, dilation, groups, cblock=N
         ow = (w + 2 * padding[1] - dilation[1] * (s - 1) - 1) // sw + 1
         hph = oh + (r - 1) * dilation[0] // sh
         wph = ow + (s - 1) * dilation[1] // sw
-        cblock = choose(cg, sh * sw, max(hph * wph, 1), int(weight.values.size), k)
+        cblock = choose(cg, sh * sw, max(hph * wph, 1), int(weight.values.size), k,
+                        out_hw=(oh, ow), phase_hw=(hph, wph))
     return DirectConvCSR.from_csr(weight, (c, h, w), stride, padding, dilation, groups, cblock)
 
 

@@ -55,7 +55,7 @@ def vector_shape(isa: str) -> tuple[int, int]:
     temporaries the target needs (x86 AVX/AVX-512 fold unaligned loads into the multiply-add;
     SSE2 and NEON load into a register first).
     """
-    return {"avx512": (16, 28), "avx2": (8, 14), "avx": (8, 14), "sse2": (4, 12),
+    return {"avx512": (16, 28), "avx2": (8, 14), "avx": (8, 13), "sse2": (4, 12),
             "neon": (4, 24)}.get(isa, (4, 12))
 
 
@@ -96,7 +96,6 @@ def _emit_tile(builder, nv, w, xptr, xb, optr, vptr, j0, j1, sptr, sb, bval, ini
     fmuladd = cgutils.get_or_insert_function(
         builder.module, ir.FunctionType(vty, [vty, vty, vty]), f"llvm.fmuladd.v{w}f32")
     sbase = builder.gep(sptr, [sb])
-    zero = ir.Constant(vty, [0.0] * w)
 
     def sc_ptr(v):
         return _vptr(builder, sbase, ir.Constant(_I64, w * v), w)
@@ -154,9 +153,13 @@ def _emit_tile(builder, nv, w, xptr, xb, optr, vptr, j0, j1, sptr, sb, bval, ini
         ph.add_incoming(init[v], entry)
         ph.add_incoming(new[v], loop_end)
         fin.append(ph)
+    # ReLU as a clamp to a threshold vector (0 with ReLU, -inf without): one compare + select
+    # per vector and no branch; NaN is kept (the compare is false), as torch.relu does
+    lo = _splat(builder, builder.select(relu, ir.Constant(_F32, 0.0),
+                                        ir.Constant(_F32, float("-inf"))), w)
     for v in range(nv):
-        r = builder.select(builder.fcmp_ordered("<", fin[v], zero), zero, fin[v])
-        builder.store(builder.select(relu, r, fin[v]), sc_ptr(v), align=4 * w)
+        builder.store(builder.select(builder.fcmp_ordered("<", fin[v], lo), lo, fin[v]),
+                      sc_ptr(v), align=4 * w)
 
 
 def make_fma_tile(w: int, nv_max: int):

@@ -34,6 +34,8 @@ Tiny problems (a few microseconds of work) run single-threaded: waking threads w
 
 from __future__ import annotations
 
+import os
+
 import numba
 import numpy as np
 from numba import njit, prange
@@ -42,7 +44,7 @@ from ...formats.direct import DirectConvCSR
 from ..registry import Kernel, register
 from ._direct_common import (BUF, HPH, IMG, K, NB, NKC, NPHASE, NSL, NTG, NV, OH, OW, PH,
                              PLANE, PW, SCI, SH, SW, TL, WPH, DirectOperand, TilePlan,
-                             choose_cblock, operand, partition_rows)
+                             operand, partition_rows)
 from ._direct_common import prepare as _prepare_cached
 from ._vec import NV_MAX, VW, copy_span, fill_span, fma_tile, is_ready, publish, try_claim
 
@@ -224,8 +226,34 @@ def prepare(weight, in_shape, stride, padding, dilation, groups, cblock=None) ->
                            _choose_cblock)
 
 
-def _choose_cblock(cg, nphase, plane, nnz, k):
-    return choose_cblock(cg, nphase, plane, nnz, k)
+def _l1d_bytes() -> int:
+    try:
+        size = int(os.sysconf("SC_LEVEL1_DCACHE_SIZE"))
+    except (AttributeError, ValueError, OSError):
+        size = 0
+    return size if size > 0 else 32 * 1024
+
+
+#: Bytes of input per channel block: the L1 data cache of this machine (32 KiB if unknown).
+BLOCK_BYTES = _l1d_bytes()
+#: Fewest nonzeros per (output channel, block) for blocking to pay.
+MIN_BLOCK_NNZ = 16
+
+
+def _choose_cblock(cg, nphase, plane, nnz, k, out_hw=None, phase_hw=None):
+    """Input channels per cache block: as many as keep the input one register tile reads (its
+    lanes plus the taps' reach, per channel and phase) within :data:`BLOCK_BYTES`, when each
+    (output channel, block) keeps at least :data:`MIN_BLOCK_NNZ` nonzeros."""
+    window = plane
+    if out_hw is not None:
+        (oh, ow), (hph, wph) = out_hw, phase_hw
+        ntiles = -(-(oh * wph) // (VW * NV_MAX))
+        tl = VW * -(-(oh * wph) // (VW * ntiles))
+        window = min(plane, tl + (hph - oh) * wph + (wph - ow))
+    cblock = int(max(1, BLOCK_BYTES // (nphase * window * 4)))
+    if cblock >= cg or nnz / max(k, 1) * cblock / cg < MIN_BLOCK_NNZ:
+        return cg
+    return cblock
 
 
 class _Plan(TilePlan):

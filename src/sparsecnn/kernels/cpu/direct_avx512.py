@@ -226,7 +226,7 @@ def _run_serial(x4, xbuf, prm, offs, vals, blkptr, bias, out4, kb, tb, sc, state
 # --------------------------------------------------------------------------------------------
 # preparation (cached) and planning
 # --------------------------------------------------------------------------------------------
-def _choose_cblock(cg: int, nphase: int, plane: int, nnz: int, k: int) -> int:
+def _choose_cblock(cg: int, nphase: int, plane: int, nnz: int, k: int, **geometry) -> int:
     """Input channels per cache block (:func:`~._direct_common.choose_cblock`)."""
     return choose_cblock(cg, nphase, plane, nnz, k)
 
