@@ -17,16 +17,18 @@ TINY = LayerSpec("tiny", "test", C=4, H=7, W=7, K=6, R=3, S=3, stride=1, pad=1)
 FAST = {"min_time": 0.002, "max_time": 0.01}
 
 
-def _densify(x, weight, bias, stride, padding, dilation, groups, relu):
-    y = F.conv2d(x, weight.to_dense().to(x.dtype), bias, stride, padding, dilation, groups)
-    return torch.relu_(y) if relu else y
+def _densify(prep, x, bias):
+    p = prep.problem
+    y = F.conv2d(x, prep.weight.to_dense().to(x.dtype), bias, p.stride, p.padding, p.dilation,
+                 p.groups)
+    return torch.relu_(y) if p.relu else y
 
 
-def _wrong(x, weight, bias, stride, padding, dilation, groups, relu):
-    return _densify(x, weight, bias, stride, padding, dilation, groups, relu) + 1.0
+def _wrong(prep, x, bias):
+    return _densify(prep, x, bias) + 1.0
 
 
-def _boom(x, weight, bias, stride, padding, dilation, groups, relu):
+def _boom(prep, x, bias):
     raise RuntimeError("kernel exploded")
 
 
@@ -38,7 +40,7 @@ def test_kernels(monkeypatch):
         "t_wrong": registry.Kernel("t_wrong", "conv2d", _wrong, formats=("csr",)),
         "t_boom": registry.Kernel("t_boom", "conv2d", _boom, formats=("csr",)),
         "t_strideless": registry.Kernel("t_strideless", "conv2d", _densify, formats=("csr",),
-                                        supports=lambda p: p["stride"] == (1, 1)),
+                                        supports=lambda p: p.stride == (1, 1)),
     }
     for name, k in made.items():
         monkeypatch.setitem(registry._KERNELS, ("conv2d", name), k)
@@ -192,7 +194,8 @@ def test_sweep_end_to_end(test_kernels):
 def test_default_kernels_are_the_csr_ones(test_kernels):
     names = bench.resolve_kernels(None)
     assert names[0] == "dense"
-    assert set(names[1:]) == {k.name for k in registry.candidates("conv2d", "csr")} - {"dense"}
+    assert set(names[1:]) == {k.name for k in registry.kernels("conv2d") if k.accepts("csr")
+                              and k.unavailable() is None} - {"dense"}
     assert {"t_densify", "t_wrong"} <= set(names)
 
 

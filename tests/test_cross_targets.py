@@ -41,14 +41,15 @@ _COMPILE = """
     from sparsecnn import to_sparse
     from sparsecnn.kernels.capabilities import target
     from sparsecnn.kernels.cpu import {module} as M
+    from sparsecnn.problem import ConvProblem
     print("isa", target().isa)
     g = torch.Generator().manual_seed(0)
     w = torch.randn(8, 4, 3, 3, generator=g)
     w[w.abs() < 0.7] = 0
     ws = to_sparse(w)
-    key = ((2, 4, 11, 11), (1, 1), (1, 1), (1, 1), 1, 2)
-    op = M._build(ws, key)
-    args = op.call_args(torch.randn(key[0]), None, False)
+    problem = ConvProblem(2, 4, 11, 11, 8, 3, 3, padding=(1, 1), format="csr")
+    op = M.prepare_direct(ws, problem, nthreads=2)
+    args = op.call_args(torch.randn(problem.x_shape), None, False)
     sig = tuple(numba.typeof(a) for a in args)
     for f in (M._run_serial, M._run_parallel):
         f.compile(sig)

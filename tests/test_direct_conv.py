@@ -18,9 +18,11 @@ from hypothesis import strategies as st
 
 import sparsecnn
 from sparsecnn import conv2d, to_sparse
-from sparsecnn.formats import CSRWeight, DirectConvCSR
-from sparsecnn.kernels import capabilities, registry
+from sparsecnn.formats import CSRWeight
+from sparsecnn.kernels import capabilities, prepared, registry
 from sparsecnn.kernels.cpu import _direct_common, direct, direct_avx512
+from sparsecnn.kernels.cpu.direct_csr import DirectConvCSR
+from sparsecnn.problem import ConvProblem
 
 MODULES = {"direct": direct, "direct_avx512": direct_avx512}
 
@@ -128,7 +130,8 @@ def test_channel_blocking_matches(algo, monkeypatch):
     monkeypatch.setattr(mod, "_choose_cblock", lambda *a, **k: 7)
     sw2 = to_sparse(wt)
     y = conv2d(x, sw2, None, 1, 1, algo=algo, relu=True)
-    assert mod.prepare(sw2, (40, 9, 9), (1, 1), (1, 1), (1, 1), 1).nblocks == 6
+    (prep,) = prepared.CACHE.held(sw2)
+    assert prep.operand.d.nblocks == 6
     torch.testing.assert_close(y, torch.relu(ref), rtol=1e-5, atol=1e-5)
 
 
@@ -144,18 +147,19 @@ def test_serial_and_parallel_agree(algo, monkeypatch):
 
 
 def test_repeated_calls_reuse_preparation(algo):
-    mod = MODULES[algo]
     x = torch.randn(1, 8, 10, 10)
     sw = to_sparse(_weight((8, 8, 3, 3), 0.8, seed=8))
     y1 = conv2d(x, sw, None, 1, 1, algo=algo)
-    d1 = mod.prepare(sw, (8, 10, 10), (1, 1), (1, 1), (1, 1), 1)
+    (d1,) = prepared.CACHE.held(sw)
+    assert isinstance(d1.operand, _direct_common.DirectOperand)
     y2 = conv2d(x, sw, None, 1, 1, algo=algo)
-    assert mod.prepare(sw, (8, 10, 10), (1, 1), (1, 1), (1, 1), 1) is d1
+    assert prepared.CACHE.held(sw) == [d1]
     assert torch.equal(y1, y2)
     # a different geometry gets its own preparation and a correct answer
     x2 = torch.randn(2, 8, 7, 12)
-    _ = conv2d(x2, sw, None, 2, 0, algo=algo)
-    assert mod.prepare(sw, (8, 7, 12), (2, 2), (0, 0), (1, 1), 1) is not d1
+    y3 = conv2d(x2, sw, None, 2, 0, algo=algo)
+    assert len(prepared.CACHE.held(sw)) == 2
+    torch.testing.assert_close(y3, F.conv2d(x2, sw.to_dense(), None, 2, 0), rtol=1e-4, atol=1e-4)
 
 
 def test_unbatched_input(algo):
@@ -177,8 +181,8 @@ def test_inputs_requiring_grad(algo):
 @pytest.mark.parametrize("name", list(MODULES))
 def test_registered(name):
     k = registry.get("conv2d", name)
-    assert k.fn is MODULES[name].conv2d_direct
-    assert "csr" in k.formats and "unified_csr" in k.formats
+    assert k.run is MODULES[name].conv2d_direct and k.prepare is MODULES[name].prepare_direct
+    assert k.accepts("csr") and k.accepts("unified_csr") and not k.accepts("bsr")
 
 
 def test_portable_kernel_runs_everywhere_avx512_needs_it():
@@ -189,7 +193,8 @@ def test_portable_kernel_runs_everywhere_avx512_needs_it():
 
 def test_auto_dispatch_prefers_the_avx512_kernel_where_it_runs():
     want = "direct_avx512" if "avx512f" in capabilities.target().features else "direct"
-    assert sparsecnn.dispatch.choose("conv2d", None, {"format": "csr"}) == want
+    p = ConvProblem(1, 8, 9, 9, 8, 3, 3, format="csr", density=0.1)
+    assert sparsecnn.dispatch.heuristic(p) == want
 
 
 @pytest.mark.parametrize("isa, vw, nv_max", [("avx512", 16, 28), ("avx2", 8, 14), ("avx", 8, 13),
@@ -205,8 +210,8 @@ def test_portable_kernel_uses_the_targets_width():
 
     assert (direct.VW, direct.NV_MAX) == _vec.vector_shape(capabilities.target().isa)
     sw = to_sparse(_weight((8, 8, 3, 3), 0.5, seed=13))
-    d = direct.prepare(sw, (8, 30, 30), (1, 1), (1, 1), (1, 1), 1)
-    p = direct.plan(d, 1, 1)
+    op = direct.prepare_direct(sw, ConvProblem(1, 8, 30, 30, 8, 3, 3, padding=(1, 1)), nthreads=1)
+    d, p = op.d, op.plan
     assert p.tl == direct.VW * p.nv and 1 <= p.nv <= direct.NV_MAX
     assert p.ntiles * p.tl >= d.out_hw[0] * d.phase_hw[1]
 
@@ -322,7 +327,7 @@ def test_direct_csr_accepts_padded_csr_with_explicit_zeros(algo):
     rowptr[1:] += 1
     padded = CSRWeight(rowptr, colidx, values, csr.shape)
     x = torch.randn(1, 3, 8, 8)
-    y = MODULES[algo].conv2d_direct(x, padded, None, (1, 1), (1, 1), (1, 1), 1, False)
+    y = conv2d(x, padded, None, 1, 1, algo=algo)
     torch.testing.assert_close(y, F.conv2d(x, w, None, 1, 1), rtol=1e-4, atol=1e-4)
 
 
@@ -375,8 +380,9 @@ def test_store_segments_cover_each_output_once():
     for (h, w, r, s, pad, stride, k) in [(13, 13, 3, 3, 1, 1, 4), (7, 7, 1, 1, 0, 1, 3),
                                          (30, 5, 3, 3, 1, 1, 2), (9, 40, 5, 5, 2, 2, 2)]:
         sw = to_sparse(_weight((k, 2, r, s), 0.5, seed=14))
-        d = direct.prepare(sw, (2, h, w), (stride, stride), (pad, pad), (1, 1), 1)
-        p = direct.plan(d, 1, 1)
+        prob = ConvProblem(1, 2, h, w, k, r, s, (stride, stride), (pad, pad))
+        op = direct.prepare_direct(sw, prob, nthreads=1)
+        d, p = op.d, op.plan
         oh, ow = d.out_hw
         wph = d.phase_hw[1]
         hits = np.zeros(oh * ow, dtype=np.int64)

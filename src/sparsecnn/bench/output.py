@@ -19,6 +19,7 @@ from pathlib import Path
 
 from .._atomic import atomic_dir
 from ..kernels.capabilities import env_summary
+from ..timing import other_runnable
 from .core import (DENSE, DENSE_DESCRIPTION, ROW_KEYS, WEIGHTS_DESCRIPTION, break_even,
                    break_even_labels, compile_times)
 
@@ -58,40 +59,6 @@ def _git_commit() -> str | None:
         return out.stdout.strip() or None if out.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
         return None
-
-
-def _own_running_threads() -> int:
-    """Threads of this process in state R (running), from /proc/self/task/*/stat."""
-    n = 0
-    for task in Path("/proc/self/task").iterdir():
-        try:
-            stat = (task / "stat").read_text()
-        except OSError:
-            continue
-        if stat[stat.rindex(")") + 2:].startswith("R"):
-            n += 1
-    return n
-
-
-def other_runnable(samples: int = 5, interval_s: float = 0.05) -> int | None:
-    """Most runnable threads of *other* processes over a few samples: /proc/loadavg's running
-    count (field 4, ``running/total``) minus this process's running threads (an OpenMP pool
-    spinning after a parallel region counts as running). None where /proc is unavailable.
-    A non-zero value means something else used the CPUs while we timed."""
-    import time
-
-    most = None
-    for i in range(samples):
-        try:
-            with open("/proc/loadavg", encoding="ascii") as f:
-                running = int(f.read().split()[3].split("/")[0])
-            own = _own_running_threads()
-        except (OSError, ValueError, IndexError):
-            return None
-        most = max(most or 0, running - max(own, 1))
-        if i + 1 < samples:
-            time.sleep(interval_s)
-    return most
 
 
 def machine_info(threads: int) -> dict:

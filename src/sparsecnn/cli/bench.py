@@ -150,7 +150,8 @@ def run(args) -> int:
         return _rerun_for_target(args)
 
     from ..bench import Benchmark, machine_info, render_tables, select_layers, write_results
-    from ..bench.output import default_out_dir, other_runnable
+    from ..bench.output import default_out_dir
+    from ..timing import other_runnable
 
     # piped output: wide rather than wrapped (rich assumes 80 columns off a terminal)
     console = Console(width=None if sys.stdout.isatty() else 160)

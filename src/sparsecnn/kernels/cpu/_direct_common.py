@@ -6,24 +6,24 @@ different vector code. Everything around the vector code is here, once:
 
 - :func:`partition_rows`: output channels split into chunks of balanced nnz (threads);
 - :func:`choose_cblock`: input-channel blocking so a block's input stays in L1;
-- :func:`prepare_weight`: the weight's column indices rewritten into input offsets
-  (:class:`~sparsecnn.formats.direct.DirectConvCSR`) for one input geometry;
+- :func:`layout`: the weight's column indices rewritten into input offsets
+  (:class:`~sparsecnn.kernels.cpu.direct_csr.DirectConvCSR`) for one problem's geometry;
 - :class:`TilePlan`: register tiles, work items (image, channel chunk, tile group), input
   slices and the ``prm`` geometry vector the jitted code reads, for one (weight, batch, threads)
   and vector width; each kernel subclasses it with its own store / padding tables;
-- :class:`DirectOperand`: everything one call needs (prepared weight, plan, jitted entry, output
-  shape, per-thread buffers) and :meth:`DirectOperand.run`.
+- :class:`DirectOperand`: what each kernel's ``prepare`` step returns (cached with the weight by
+  :mod:`sparsecnn.kernels.prepared`): everything one call needs -- prepared weight, plan, jitted
+  entry, output shape -- and :meth:`DirectOperand.run` (per-thread buffers reused across calls).
 """
 
 from __future__ import annotations
 
 import threading
-import weakref
 
 import numpy as np
 import torch
 
-from ...formats.direct import DirectConvCSR
+from .direct_csr import DirectConvCSR
 
 # Input-channel blocking: bytes of input per channel block (64 KiB measured best on AlexNet
 # conv4 with AVX-512 on Zen 4/5, the tail of a block being read while the next starts), and the
@@ -105,9 +105,9 @@ def choose_cblock(cg: int, nphase: int, plane: int, nnz: int, k: int,
     return cblock
 
 
-def prepare_weight(weight, in_shape, stride, padding, dilation, groups, cblock=None,
-                   choose=choose_cblock) -> DirectConvCSR:
-    """The :class:`DirectConvCSR` of ``weight`` for input ``(C, H, W)`` and this geometry.
+def layout(weight, problem, cblock=None, choose=choose_cblock) -> DirectConvCSR:
+    """The :class:`DirectConvCSR` of a CSR-like ``weight`` for ``problem``'s input geometry
+    (a :class:`~sparsecnn.problem.ConvProblem`).
 
     ``cblock=None`` chooses the input-channel block with ``choose(cg, nphase, plane, nnz, k,
     out_hw=(OH, OW), phase_hw=(Hph, Wph))``.
@@ -118,17 +118,14 @@ def prepare_weight(weight, in_shape, stride, padding, dilation, groups, cblock=N
         As :meth:`DirectConvCSR.from_csr` (not a CSR-like weight, mismatched channels, empty
         output, offsets beyond int32).
     """
-    c, h, w = tuple(int(v) for v in in_shape)[-3:]
+    p = problem
     if cblock is None:
-        k, cg, r, s = (int(v) for v in weight.shape)
-        sh, sw = stride
-        oh = (h + 2 * padding[0] - dilation[0] * (r - 1) - 1) // sh + 1
-        ow = (w + 2 * padding[1] - dilation[1] * (s - 1) - 1) // sw + 1
-        hph = oh + (r - 1) * dilation[0] // sh
-        wph = ow + (s - 1) * dilation[1] // sw
-        cblock = choose(cg, sh * sw, max(hph * wph, 1), int(weight.values.size), k,
-                        out_hw=(oh, ow), phase_hw=(hph, wph))
-    return DirectConvCSR.from_csr(weight, (c, h, w), stride, padding, dilation, groups, cblock)
+        hph = p.OH + (p.R - 1) * p.dilation[0] // p.stride[0]
+        wph = p.OW + (p.S - 1) * p.dilation[1] // p.stride[1]
+        cblock = choose(p.C // p.groups, p.stride[0] * p.stride[1], max(hph * wph, 1),
+                        int(weight.values.size), p.K, out_hw=(p.OH, p.OW), phase_hw=(hph, wph))
+    return DirectConvCSR.from_csr(weight, (p.C, p.H, p.W), p.stride, p.padding, p.dilation,
+                                  p.groups, cblock)
 
 
 # --------------------------------------------------------------------------------------------
@@ -226,34 +223,40 @@ def state_array(size: int) -> np.ndarray:
 # the prepared operand of one call
 # --------------------------------------------------------------------------------------------
 class DirectOperand:
-    """Everything a call of a direct kernel needs for one (weight, input shape, geometry,
-    threads): the prepared weight ``d``, the ``plan``, the jitted ``entry`` (serial or parallel),
-    the output shape, and the tables the entry takes after the common arguments (``tables``).
+    """A direct kernel's prepared operand for one (weight, problem, thread count): the prepared
+    weight ``d``, the ``plan``, the jitted ``entry`` (serial or parallel), the output shape, and
+    the kernel's own tables that ``entry`` takes after the common arguments (``tables``).
 
     :meth:`run` allocates the output and calls the entry with per-thread buffers (input buffer,
     scratch, slice states) reused across calls.
     """
 
-    __slots__ = ("d", "plan", "entry", "oshape", "tables", "zero_bias", "__weakref__")
+    __slots__ = ("d", "plan", "entry", "out_shape", "tables", "zero_bias", "_args")
 
-    def __init__(self, d: DirectConvCSR, plan: TilePlan, entry, tables: tuple, n: int):
-        self.d, self.plan, self.entry, self.tables = d, plan, entry, tables
-        self.oshape = (int(n), d.shape[0]) + tuple(d.out_hw)
+    def __init__(self, d: DirectConvCSR, plan: TilePlan, entry, tables: tuple, out_shape):
+        self.d, self.plan, self.entry, self.tables = d, plan, entry, tuple(tables)
+        self.out_shape = tuple(int(v) for v in out_shape)
         self.zero_bias = np.zeros(d.shape[0], dtype=np.float32)
+        self._args = (plan.prm, d.offsets, d.values, d.blkptr)
 
-    def call_args(self, x: torch.Tensor, bias, relu: bool) -> tuple:
-        """The arguments of ``entry`` for one call (the output array is ``args[7]``)."""
+    def _buffers(self):
         p = self.plan
         ws = getattr(_TLS, "call", None)
         if ws is None or ws[0] is not p:
             ws = _TLS.call = (p, workspace("x", p.buf_len), workspace("sc", p.sc_len),
-                              state_array(self.oshape[0] * p.nsl))
-        out = np.empty(self.oshape, dtype=np.float32)
+                              state_array(self.out_shape[0] * p.nsl))
+        return ws
+
+    def call_args(self, x: torch.Tensor, bias, relu: bool) -> tuple:
+        """The arguments of ``entry`` for one call (the output array is ``args[7]``)."""
+        _, xbuf, sc, state = self._buffers()
+        prm, offs, vals, blkptr = self._args
+        p = self.plan
         b = self.zero_bias if bias is None else (bias.detach() if bias.requires_grad
                                                  else bias).numpy()
-        return ((x.detach() if x.requires_grad else x).numpy(), ws[1], p.prm, self.d.offsets,
-                self.d.values, self.d.blkptr, b, out, p.kb, p.tb, ws[2], ws[3], *self.tables,
-                p.nitems, bool(relu))
+        return ((x.detach() if x.requires_grad else x).numpy(), xbuf, prm, offs, vals, blkptr,
+                b, np.empty(self.out_shape, dtype=np.float32), p.kb, p.tb, sc, state,
+                *self.tables, p.nitems, bool(relu))
 
     def run(self, x: torch.Tensor, bias, relu: bool) -> torch.Tensor:
         """``(N, K, OH, OW)`` float32 output of the convolution of ``x`` (validated by the
@@ -261,49 +264,3 @@ class DirectOperand:
         args = self.call_args(x, bias, relu)
         self.entry(*args)
         return torch.from_numpy(args[7])
-
-
-# --------------------------------------------------------------------------------------------
-# caches (per weight object, weakly keyed: they die with the weight)
-# --------------------------------------------------------------------------------------------
-_CACHE_LOCK = threading.Lock()
-_PREPARED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-_OPERANDS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-_MAX_PER_WEIGHT = 16
-
-
-def _cached(table, weight, key, build):
-    with _CACHE_LOCK:
-        per = table.get(weight)
-        if per is not None:
-            hit = per.get(key)
-            if hit is not None:
-                return hit
-    value = build()
-    with _CACHE_LOCK:
-        per = table.setdefault(weight, {})
-        if len(per) >= _MAX_PER_WEIGHT:
-            per.pop(next(iter(per)))
-        per[key] = value
-    return value
-
-
-def prepare(weight, in_shape, stride, padding, dilation, groups, cblock=None,
-            choose=choose_cblock) -> DirectConvCSR:
-    """:func:`prepare_weight`, cached per (weight object, geometry, ``cblock``); a weight's
-    arrays must not be modified in place after its first use."""
-    key = (tuple(in_shape)[-3:], tuple(stride), tuple(padding), tuple(dilation), int(groups),
-           cblock, choose)
-    return _cached(_PREPARED, weight, key, lambda: prepare_weight(
-        weight, in_shape, stride, padding, dilation, groups, cblock, choose))
-
-
-def operand(kernel: str, weight, key: tuple, build) -> DirectOperand:
-    """The :class:`DirectOperand` of ``kernel`` for ``weight`` and ``key`` (input shape,
-    geometry, threads), built by ``build()`` on first use and cached per weight object."""
-    per = _OPERANDS.get(weight)
-    if per is not None:
-        hit = per.get((kernel, key))
-        if hit is not None:
-            return hit
-    return _cached(_OPERANDS, weight, (kernel, key), build)

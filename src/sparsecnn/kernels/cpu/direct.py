@@ -7,7 +7,8 @@ ICLR; the same data layout as Escoin, Chen 2018), as in the AVX-512 kernel
 to AVX-512, Arm NEON, ...):
 
 1. The weight's CSR column indices are rewritten once per input geometry into offsets into the
-   prepared input (:class:`~sparsecnn.formats.direct.DirectConvCSR`).
+   prepared input (:class:`~sparsecnn.kernels.cpu.direct_csr.DirectConvCSR`), in the kernel's
+   ``prepare`` step (cached with the weight by :mod:`sparsecnn.kernels.prepared`).
 2. Per call, the input is copied once into a flat, 64-byte aligned float32 buffer (reused per
    Python thread), padded: for stride 1 each channel is one pass of row copies and zero fills
    (:func:`~sparsecnn.kernels.cpu._vec.copy_span` / ``fill_span``: unaligned vectors, no masked
@@ -40,15 +41,15 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from ...formats.direct import DirectConvCSR
 from ..registry import Kernel, register
 from ._direct_common import (BUF, HPH, IMG, K, NB, NKC, NPHASE, NSL, NTG, NV, OH, OW, PH,
                              PLANE, PW, SCI, SH, SW, TL, WPH, DirectOperand, TilePlan,
-                             operand, partition_rows)
-from ._direct_common import prepare as _prepare_cached
+                             partition_rows)
+from ._direct_common import layout as _layout
 from ._vec import NV_MAX, VW, copy_span, fill_span, fma_tile, is_ready, publish, try_claim
+from .direct_csr import DirectConvCSR
 
-__all__ = ["conv2d_direct", "partition_rows", "prepare", "plan", "VW", "NV_MAX"]
+__all__ = ["conv2d_direct", "prepare_direct", "layout", "partition_rows", "VW", "NV_MAX"]
 
 #: Multiply-adds (floats) below which a call runs on one thread (the AVX-512 kernel's 40 000
 #: 16-wide FMAs).
@@ -218,14 +219,6 @@ def _run_serial(x4, xbuf, prm, offs, vals, blkptr, bias, out4, kb, tb, sc, state
 # --------------------------------------------------------------------------------------------
 # preparation (cached) and planning
 # --------------------------------------------------------------------------------------------
-def prepare(weight, in_shape, stride, padding, dilation, groups, cblock=None) -> DirectConvCSR:
-    """The :class:`DirectConvCSR` of ``weight`` for input ``(C, H, W)`` and this geometry,
-    built once and cached per weight object (input channels blocked per :func:`_choose_cblock`
-    unless ``cblock`` is given)."""
-    return _prepare_cached(weight, in_shape, stride, padding, dilation, groups, cblock,
-                           _choose_cblock)
-
-
 def _l1d_bytes() -> int:
     try:
         size = int(os.sysconf("SC_LEVEL1_DCACHE_SIZE"))
@@ -293,36 +286,36 @@ class _Plan(TilePlan):
                              + ntiles * tl) + VW)
 
 
-def plan(d: DirectConvCSR, n: int, nthreads: int | None = None) -> _Plan:
-    """The execution plan of prepared weight ``d`` at batch ``n`` and ``nthreads``."""
-    return _Plan(d, n, numba.get_num_threads() if nthreads is None else int(nthreads))
+def layout(weight, problem, cblock=None) -> DirectConvCSR:
+    """The :class:`DirectConvCSR` of a CSR-like ``weight`` for ``problem``'s input geometry
+    (input channels blocked by :func:`_choose_cblock` unless ``cblock`` is given)."""
+    return _layout(weight, problem, cblock, _choose_cblock)
 
 
-def _build(weight, key) -> DirectOperand:
-    shape, stride, padding, dilation, groups, nt = key
-    n, c, h, w = shape
-    d = prepare(weight, (c, h, w), stride, padding, dilation, groups)
-    p = _Plan(d, n, nt)
+def prepare_direct(weight, problem, cblock=None, nthreads=None) -> DirectOperand:
+    """The ``prepare`` step of ``direct``: offsets (:func:`layout`) and a plan for
+    ``problem.N`` images on ``nthreads`` (default: the current Numba thread count)."""
+    d = layout(weight, problem, cblock)
+    p = _Plan(d, problem.N, numba.get_num_threads() if nthreads is None else int(nthreads))
     return DirectOperand(d, p, _run_parallel if p.parallel else _run_serial,
-                         (p.segptr, p.segsrc, p.segdst, p.seglen), n)
+                         (p.segptr, p.segsrc, p.segdst, p.seglen), problem.out_shape)
 
 
 # --------------------------------------------------------------------------------------------
 # kernel entry point
 # --------------------------------------------------------------------------------------------
-def conv2d_direct(x, weight, bias, stride, padding, dilation, groups, relu):
+def conv2d_direct(prep, x, bias):
     """Direct sparse convolution of ``x`` with a CSR weight (registered as kernel ``"direct"``).
 
     Parameters
     ----------
+    prep : Prepared
+        ``prep.operand`` the :class:`DirectOperand` built by :func:`prepare_direct` for
+        ``prep.problem`` (a :class:`~sparsecnn.problem.ConvProblem`: geometry, batch, fused
+        ReLU) from a CSR-like weight ``(K, C/groups, R, S)`` (explicit zeros of a padded CSR
+        included).
     x : torch.Tensor (N, C, H, W) float32, contiguous, CPU
-    weight : CSRWeight (or a subclass / padded CSR with ``rowptr``, ``colidx``, ``values``)
-        ``(K, C/groups, R, S)``.
     bias : torch.Tensor (K,) float32 or None
-    stride, padding, dilation : pair of int
-    groups : int
-    relu : bool
-        Fuse a ReLU into the output store.
 
     Returns
     -------
@@ -330,18 +323,16 @@ def conv2d_direct(x, weight, bias, stride, padding, dilation, groups, relu):
 
     Notes
     -----
-    Arguments are validated by :func:`sparsecnn.conv2d`; this function trusts them. The first
-    call per (weight, input geometry, threads) rewrites the weight and plans the call; later
-    calls reuse it.
+    Arguments are validated by :func:`sparsecnn.conv2d`; this function trusts them. The per-call
+    buffers (padded input, scratch, slice states) are reused per Python thread.
     """
-    key = (tuple(x.shape), tuple(stride), tuple(padding), tuple(dilation), int(groups),
-           numba.get_num_threads())
-    e = operand("direct", weight, key, lambda: _build(weight, key))
-    return e.run(x, bias, relu)
+    return prep.operand.run(x, bias, prep.problem.relu)
 
 
 register(Kernel(
-    "direct", "conv2d", conv2d_direct, formats=("csr", "unified_csr"),
+    "direct", "conv2d", conv2d_direct, formats=("csr",), prepare=prepare_direct,
+    sources=("sparsecnn.kernels.cpu._vec", "sparsecnn.kernels.cpu._direct_common",
+             "sparsecnn.kernels.cpu.direct_csr", "sparsecnn.kernels.capabilities"),
     description="direct sparse convolution (Park et al. 2017), portable: CSR offsets into the "
                 "padded / phase-split input, register-tiled generic vector code at the "
                 "target's width, threads balanced by nnz",

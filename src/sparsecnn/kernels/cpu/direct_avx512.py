@@ -8,8 +8,8 @@ Algorithm (Park et al. 2017, "Faster CNNs with direct sparse convolutions and gu
 ICLR; the same data layout as Escoin, Chen 2018):
 
 1. The weight's CSR column indices are rewritten once per input geometry into offsets into the
-   prepared input (:class:`~sparsecnn.formats.direct.DirectConvCSR`, cached per weight object
-   and geometry).
+   prepared input (:class:`~sparsecnn.kernels.cpu.direct_csr.DirectConvCSR`, built by the
+   kernel's prepare step and cached with the weight by :mod:`sparsecnn.kernels.prepared`).
 2. Per call, the input is copied once into a flat, 64-byte aligned float32 buffer (reused per
    Python thread): padded (stride 1: one ``vexpandps`` + store per 16 floats of a padded plane,
    lane masks precomputed per plan), and for stride > 1 split into ``sh * sw`` phase planes
@@ -39,18 +39,18 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from ...formats.direct import DirectConvCSR
 from ..registry import Kernel, register
 from ._direct_common import (BUF as _BUF, HPH as _HPH, IMG as _IMG, K as _K, NB as _NB,
                              NKC as _NKC, NPHASE as _NPHASE, NSL as _NSL, NTG as _NTG, NV as _NV,
                              OH as _OH, OW as _OW, PH as _PH, PLANE as _PLANE, PW as _PW,
                              SCI as _SCI, SH as _SH, SW as _SW, TL as _TL, WPH as _WPH,
-                             DirectOperand, TilePlan, choose_cblock, operand, partition_rows)
-from ._direct_common import prepare as _prepare_cached
+                             DirectOperand, TilePlan, choose_cblock, partition_rows)
+from ._direct_common import layout as _layout
 from ._simd import (NV_MAX, VEC, deinterleave2, expand16, expand16_full, fma_tile, is_ready, publish,
                     try_claim, vfill)
+from .direct_csr import DirectConvCSR
 
-__all__ = ["conv2d_direct", "partition_rows", "prepare", "plan"]
+__all__ = ["conv2d_direct", "prepare_direct", "layout", "partition_rows"]
 
 # Work (in 16-wide FMAs) below which a call runs on one thread.
 SERIAL_WORK = 40_000
@@ -231,14 +231,10 @@ def _choose_cblock(cg: int, nphase: int, plane: int, nnz: int, k: int, **geometr
     return choose_cblock(cg, nphase, plane, nnz, k)
 
 
-def prepare(weight, in_shape, stride, padding, dilation, groups, cblock=None) -> DirectConvCSR:
-    """The :class:`DirectConvCSR` of ``weight`` for this geometry, built once and cached.
-
-    The cache is keyed on the weight object (weakly: it dies with the weight) and the geometry;
-    a weight's arrays must not be modified in place after its first use.
-    """
-    return _prepare_cached(weight, in_shape, stride, padding, dilation, groups, cblock,
-                           _choose_cblock)
+def layout(weight, problem, cblock=None) -> DirectConvCSR:
+    """The :class:`DirectConvCSR` of a CSR-like ``weight`` for ``problem``'s input geometry
+    (input channels blocked by :func:`_choose_cblock` unless ``cblock`` is given)."""
+    return _layout(weight, problem, cblock, _choose_cblock)
 
 
 class _Plan(TilePlan):
@@ -278,36 +274,30 @@ class _Plan(TilePlan):
             self.emask = self.epos = np.zeros(1, dtype=np.int32)
 
 
-def plan(d: DirectConvCSR, n: int, nthreads: int | None = None) -> _Plan:
-    """The execution plan of prepared weight ``d`` at batch ``n`` and ``nthreads``."""
-    return _Plan(d, n, numba.get_num_threads() if nthreads is None else int(nthreads))
-
-
-def _build(weight, key) -> DirectOperand:
-    shape, stride, padding, dilation, groups, nt = key
-    n, c, h, w = shape
-    d = prepare(weight, (c, h, w), stride, padding, dilation, groups)
-    p = _Plan(d, n, nt)
+def prepare_direct(weight, problem, cblock=None, nthreads=None) -> DirectOperand:
+    """The ``prepare`` step of ``direct_avx512``: offsets (:func:`layout`) and a plan for
+    ``problem.N`` images on ``nthreads`` (default: the current Numba thread count)."""
+    d = layout(weight, problem, cblock)
+    p = _Plan(d, problem.N, numba.get_num_threads() if nthreads is None else int(nthreads))
     return DirectOperand(d, p, _run_parallel if p.parallel else _run_serial,
-                         (p.masks, p.opos, p.emask, p.epos), n)
+                         (p.masks, p.opos, p.emask, p.epos), problem.out_shape)
 
 
 # --------------------------------------------------------------------------------------------
 # kernel entry point
 # --------------------------------------------------------------------------------------------
-def conv2d_direct(x, weight, bias, stride, padding, dilation, groups, relu):
-    """Direct sparse convolution of ``x`` with a CSR weight (registered as kernel ``"direct_avx512"``).
+def conv2d_direct(prep, x, bias):
+    """Direct sparse convolution of ``x`` with a CSR weight (kernel ``"direct_avx512"``).
 
     Parameters
     ----------
+    prep : Prepared
+        ``prep.operand`` the :class:`DirectOperand` built by :func:`prepare_direct` for
+        ``prep.problem`` (a :class:`~sparsecnn.problem.ConvProblem`: geometry, batch, fused
+        ReLU) from a CSR-like weight ``(K, C/groups, R, S)`` (explicit zeros of a padded CSR
+        included).
     x : torch.Tensor (N, C, H, W) float32, contiguous, CPU
-    weight : CSRWeight (or a subclass / padded CSR with ``rowptr``, ``colidx``, ``values``)
-        ``(K, C/groups, R, S)``.
     bias : torch.Tensor (K,) float32 or None
-    stride, padding, dilation : pair of int
-    groups : int
-    relu : bool
-        Fuse a ReLU into the output store.
 
     Returns
     -------
@@ -315,17 +305,17 @@ def conv2d_direct(x, weight, bias, stride, padding, dilation, groups, relu):
 
     Notes
     -----
-    Arguments are validated by :func:`sparsecnn.conv2d`; this function trusts them. The first
-    call per (weight, input geometry) rewrites the weight (:func:`prepare`); later calls reuse it.
+    Arguments are validated by :func:`sparsecnn.conv2d`; this function trusts them. The per-call
+    buffers (padded input, scratch, slice states) are reused per Python thread.
     """
-    key = (tuple(x.shape), tuple(stride), tuple(padding), tuple(dilation), int(groups),
-           numba.get_num_threads())
-    e = operand("direct_avx512", weight, key, lambda: _build(weight, key))
-    return e.run(x, bias, relu)
+    return prep.operand.run(x, bias, prep.problem.relu)
 
 
 register(Kernel(
-    "direct_avx512", "conv2d", conv2d_direct, formats=("csr", "unified_csr"), requires=("avx512f",),
+    "direct_avx512", "conv2d", conv2d_direct, formats=("csr",), prepare=prepare_direct,
+    requires=("avx512f",),
+    sources=("sparsecnn.kernels.cpu._simd", "sparsecnn.kernels.cpu._direct_common",
+             "sparsecnn.kernels.cpu.direct_csr"),
     description="direct sparse convolution (Park et al. 2017): CSR offsets into the padded / "
                 "phase-split input, AVX-512 register-blocked FMAs, threads balanced by nnz",
 ))
