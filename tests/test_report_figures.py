@@ -101,7 +101,7 @@ def test_hybrid_without_a_dense_block_is_the_sparse_run():
     """No dense block: the hybrid plan runs exactly the sparse kernel on the same weight, so
     it must not be timed again (a faster 'hybrid measured' would be noise shown as gain)."""
     from sparsecnn.kernels import registry
-    if not [k for k in registry.candidates("conv2d", "csr") if k.unavailable() is None]:
+    if not [k for k in registry.kernels("conv2d") if k.accepts("csr") and k.unavailable() is None]:
         pytest.skip("no runnable sparse conv2d kernel for CSR")
     w = _weights(16, 16, 3, 3, 1)
     blocks = A.dense_blocks(w, threshold=1.0, tile=(4, 4))
@@ -114,8 +114,19 @@ def test_hybrid_without_a_dense_block_is_the_sparse_run():
     d = _data({"c": w})
     d["hybrid"] = {"c": {"rates": meas, "estimate": est, "measured": meas}}
     fig = interactive.hybrid(d)
-    measured = next(t for t in fig.data if t.name == "hybrid, measured")
-    assert list(measured.y) == [None] and "the sparse run itself" in fig.layout.title.text
+    # nothing measured apart from the sparse run: no "hybrid, measured" bar, so no legend entry
+    assert [t.name for t in fig.data] == ["dense (torch conv2d)", "sparse (all nnz)",
+                                          "hybrid, cost model"]
+    assert "the sparse run itself" in fig.layout.title.text
+    sfig = static.hybrid(d)
+    labels = [t.get_text() for t in sfig.axes[0].get_legend().get_texts()]
+    assert "hybrid, measured" not in labels and len(labels) == 3
+    # a second layer with a dense block: its measured hybrid is shown (and the first one's gap)
+    d["layers"] = ["c", "e"]
+    d["hybrid"]["e"] = {"rates": meas, "estimate": dict(est, hybrid_ms=0.5),
+                        "measured": dict(meas, same_as_sparse=False, hybrid_ms=0.7)}
+    measured = next(t for t in interactive.hybrid(d).data if t.name == "hybrid, measured")
+    assert list(measured.y) == [None, 0.7]
 
 
 # -- the page in a real browser: geometry of every figure -----------------------------------------
@@ -162,6 +173,9 @@ def test_page_geometry_nothing_overlaps(seed_case_report, tag, tmp_path):
             for what in ("title", "menus", "legend"):
                 if any(_overlap(mb, o) for o in p[what]):
                     problems.append(f"{name}: toolbar over the {what}")
+        for t in p["title"]:            # a two-line title not pushed out of the figure's top
+            if t["y"] < r["y"] - 0.5 or t["y"] + t["h"] > r["y"] + r["h"] + 0.5:
+                problems.append(f"{name}: title outside the figure (clipped)")
         for mn in p["menus"]:
             if any(_overlap(mn, t) for t in p["title"]):
                 problems.append(f"{name}: layer menu over the title")

@@ -14,7 +14,8 @@ from ._common import (FIGURES, NNZ_CMAP, NNZ_CMAP_START, filter_values_text, gri
 #: titles and menus), titles start at the left, legends go below the plot (never on the data).
 LAYOUT = dict(template="plotly_white", margin=dict(l=70, r=60, t=90, b=60), font=dict(size=12),
               modebar=dict(orientation="v"))
-TITLE = dict(x=0.0, xanchor="left", y=0.98, yanchor="top", font=dict(size=15))
+TITLE = dict(x=0.0, xanchor="left", y=1.0, yref="container", yanchor="top", pad=dict(t=20),
+             font=dict(size=15))
 LEGEND_BELOW = dict(orientation="h", x=0.0, xanchor="left", y=0.01, yref="container",
                     yanchor="bottom")
 
@@ -252,6 +253,8 @@ def hybrid(d: dict) -> go.Figure | None:
               ("hybrid, cost model", lambda h: h["estimate"]["hybrid_ms"]),
               ("hybrid, measured", lambda h: None if h["measured"].get("same_as_sparse")
                else h["measured"]["hybrid_ms"]))
+    if len(same) == len(names):     # nothing measured: no legend entry without a bar
+        series = series[:3]
     for label, f in series:
         fig.add_bar(x=[short(n) for n in names], y=[f(ok[n]) for n in names], name=label,
                     hovertemplate="%{x}: %{y:.3f} ms<extra>" + label + "</extra>")

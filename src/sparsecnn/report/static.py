@@ -259,10 +259,13 @@ def hybrid(d):
               ("hybrid, cost model", lambda h: h["estimate"]["hybrid_ms"]),
               ("hybrid, measured", lambda h: np.nan if h["measured"].get("same_as_sparse")
                else h["measured"]["hybrid_ms"]))
+    if len(same) == len(names):     # nothing measured: no legend entry without a bar
+        series = series[:3]
     fig, ax = plt.subplots(figsize=(6.5, 4))
     wdt = 0.8 / len(series)
     for i, (label, f) in enumerate(series):
-        ax.bar(np.arange(len(names)) + (i - 1.5) * wdt, [f(ok[n]) for n in names], wdt, label=label)
+        ax.bar(np.arange(len(names)) + (i - (len(series) - 1) / 2) * wdt, [f(ok[n]) for n in names],
+               wdt, label=label)
     _bars_x(ax, names)
     ax.set_ylabel("time (ms, median)")
     ax.set_title("Hybrid plan vs dense and all-sparse (one image; interleaved medians)"
