@@ -132,3 +132,30 @@ def test_ctrl_c_real_signal(tmp_path):
     assert not any("Traceback" in ln for ln in lines)
     assert not out.exists() and not onnx.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c"]
+
+
+def test_retune_measures_again_and_replaces_the_cache(tmp_path, capsys, monkeypatch):
+    """A tuning cache filled on a busy machine is kept for good unless asked: --retune measures
+    every layer again (never reading the cache) and writes the new decisions."""
+    from sparsecnn.dispatch import tuning
+
+    seen = []
+    real = tuning.tune
+
+    def spy(problem, run, **kw):
+        res = real(problem, run, **kw)
+        seen.append((kw.get("retune", False), res.cached))
+        return res
+
+    monkeypatch.setattr("sparsecnn.nn.convert.tune", spy)
+    for args, retune, cached in (((), False, False),            # measured, cached
+                                 ((), False, True),             # read from the cache
+                                 (("--retune",), True, False)):  # measured again
+        seen.clear()
+        code, err = _run(capsys, "--out", str(tmp_path / "a"), *args)
+        assert code == 0, err
+        assert seen and set(seen) == {(retune, cached)}, seen
+    code, err = _run(capsys, "--out", str(tmp_path / "c"), "--retune", "--no-tune")
+    assert code == 2
+    _one_line_error(err, "--retune")
+    assert not (tmp_path / "c").exists()

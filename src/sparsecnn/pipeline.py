@@ -411,7 +411,8 @@ def _param_bytes(model: nn.Module) -> int:
 def optimize(model: str = "smallcnn", *, weights=None, data=None, train_data=None,
              sparsity: float = 0.9, method: str = "magnitude", epochs: int | None = None,
              batch_sizes=None, threads: int | None = None, format: str = "csr", onnx=None,
-             export_onnx=None, out_dir=DEFAULT_OUT, tune: bool = True, seed: int = 0,
+             export_onnx=None, out_dir=DEFAULT_OUT, tune: bool = True, retune: bool = False,
+             seed: int = 0,
              prune_linear: bool | None = None, time_s: float = 1.0, progress: bool = True,
              quantize=QUANT_METHODS, input_shape=None, console=None) -> dict:
     """Train or load a model, prune it, sparsify and tune it, verify, benchmark, write results.
@@ -451,6 +452,9 @@ def optimize(model: str = "smallcnn", *, weights=None, data=None, train_data=Non
         (:mod:`sparsecnn.results`; checked before any work).
     tune : bool
         Measure kernels per layer (else heuristic / cache).
+    retune : bool
+        Measure every layer again even where the tuning cache holds a decision, and replace it
+        (a cache filled on a busy machine). Needs ``tune``.
     time_s : float
         Seconds of timed end-to-end calls per batch size.
     quantize : sequence of str
@@ -488,6 +492,8 @@ def optimize(model: str = "smallcnn", *, weights=None, data=None, train_data=Non
     if threads is None:
         threads = min(2, max_threads())
     _check_args(model, sparsity, method, epochs, batch_sizes, threads, format, onnx, time_s)
+    if retune and not tune:
+        raise ValueError("--retune measures the kernels again; it cannot go with --no-tune")
     check_parent(out_dir)
     if export_onnx is not None:
         check_output_file(export_onnx, "--export-onnx")
@@ -580,10 +586,12 @@ def optimize(model: str = "smallcnn", *, weights=None, data=None, train_data=Non
     sparse = copy.deepcopy(pruned)
     t0 = time.perf_counter()
     example = _batch(images, batch_sizes[0])
-    snn.sparsify_(sparse, format=format, tune=tune, example_input=example, min_sparsity=0.5)
-    for b in batch_sizes[1:]:
-        if tune:
-            snn.tune_(sparse, _batch(images, b))
+    # with retune, sparsify_ only converts; every batch is then measured afresh by tune_
+    snn.sparsify_(sparse, format=format, tune=tune and not retune, example_input=example,
+                  min_sparsity=0.5)
+    for i, b in enumerate(batch_sizes):
+        if tune and (retune or i > 0):
+            snn.tune_(sparse, _batch(images, b), retune=retune)
     tune_s = time.perf_counter() - t0
     try:
         sparse_run = snn.compact(sparse, example_input=example)

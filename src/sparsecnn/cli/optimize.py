@@ -50,6 +50,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         "(default: 2, or fewer on a smaller machine)")
     p.add_argument("--format", default="csr", help="sparse weight format (default csr)")
     p.add_argument("--no-tune", action="store_true", help="heuristic kernel choice, no measuring")
+    p.add_argument("--retune", action="store_true",
+                   help="measure every layer again even where the tuning cache holds a decision "
+                        "(and replace it), e.g. after a run on a busy machine")
     p.add_argument("--time", type=float, default=1.0, dest="time_s",
                    help="seconds of timed end-to-end runs per batch size")
     p.add_argument("--out", default=DEFAULT_OUT,
@@ -79,6 +82,6 @@ def _optimize(args, optimize, console):
                     sparsity=args.sparsity, method=args.method, epochs=args.epochs,
                     batch_sizes=args.batch_sizes, threads=args.threads, format=args.format,
                     onnx=args.onnx, export_onnx=args.export_onnx, out_dir=args.out,
-                    tune=not args.no_tune, seed=args.seed, time_s=args.time_s,
+                    tune=not args.no_tune, retune=args.retune, seed=args.seed, time_s=args.time_s,
                     quantize=[m for m in args.quantize if m != "none"],
                     input_shape=args.input_shape, console=console)
