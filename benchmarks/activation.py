@@ -189,7 +189,7 @@ ALEXNET = {  # name: (C, H, W, K, R, stride, padding) at 224 x 224 input
     "conv2": (64, 27, 27, 192, 5, 1, 2), "conv3": (192, 13, 13, 384, 3, 1, 1),
     "conv4": (384, 13, 13, 256, 3, 1, 1), "conv5": (256, 13, 13, 256, 3, 1, 1)}
 WEIGHT_ONLY = ("direct_avx512", "direct", "im2col_spmm")
-ACT_AWARE = ("direct_act", "sparse_sparse")
+ACT_AWARE = ("sparse_sparse",)  # the only activation-aware kernel so far
 
 
 def act_input(shape, act_sparsity, pattern, gen):
