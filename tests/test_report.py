@@ -70,6 +70,27 @@ def test_folder_contents(report_dir):
     assert payload["summary"][1]["nnz"] == int((d["weights"]["2"] != 0).sum())
 
 
+def test_encodings_table_and_page(report_dir):
+    """The accelerators' index encodings reach encodings.csv and the page, equal to
+    analysis.index_encodings of each weight (1 PE and 64 PEs)."""
+    from sparsecnn.analysis import index_encodings
+
+    out, d = report_dir
+    with open(out / "encodings.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["layer"] for r in rows] == [*d["weights"], "(total)"]
+    for r in rows[:-1]:
+        e, e64 = index_encodings(d["weights"][r["layer"]]), \
+            index_encodings(d["weights"][r["layer"]], n_pe=64)
+        for key in ("csr", "bitmap", "step", "eie"):
+            assert int(r[f"{key}_bytes"]) == e[key]["bytes"]
+        assert int(r["eie_64pe_bytes"]) == e64["eie"]["bytes"]
+        assert float(r["eie_vs_csr"]) == pytest.approx(e["eie"]["vs_csr"])
+    assert int(rows[-1]["csr_bytes"]) == sum(int(r["csr_bytes"]) for r in rows[:-1])
+    page = (out / "index.html").read_text()
+    assert "Accelerators' index encodings" in page and "Cambricon-X step KiB" in page
+
+
 def test_html_is_self_contained(report_dir):
     out, _ = report_dir
     page = (out / "index.html").read_text()

@@ -16,6 +16,7 @@ FIGURES: tuple[tuple[str, str], ...] = (
     ("dense_blocks", "Dense sub-blocks (rows and columns reordered by nnz)"),
     ("hybrid", "Hybrid plan: dense blocks + sparse rest"),
     ("memory", "Weight memory: dense vs sparse formats"),
+    ("encodings", "Accelerators' view: index encodings of Cambricon-X and EIE vs CSR"),
     ("ineffectual", "Ineffectual work: MACs with a zero operand"),
     ("threshold_sweep", "Pruning-threshold sweep"),
     ("break_even", "Break-even: speedup over dense vs sparsity"),

@@ -288,6 +288,36 @@ def memory_formats(rows: list[dict]) -> tuple[list[str], list[str]]:
     return shown, [f for f in fmts if f not in shown]
 
 
+ENCODINGS = (("csr", "CSR (int32 index + fp32 value)"),
+             ("bitmap", "Cambricon-X direct (bitmap per output channel)"),
+             ("step", "Cambricon-X step (8-bit steps)"),
+             ("eie", "EIE (4-bit relative index + 4-bit codebook)"))
+
+
+def encodings_note(d: dict) -> str:
+    """What the encodings figure assumes (one line)."""
+    return ("values fp32 for CSR and Cambricon-X; EIE: 4-bit codebook indices of 16 shared "
+            "values + codebook; 32-bit pointers; long runs bridged by filler entries; one PE")
+
+
+def encodings(d: dict) -> go.Figure | None:
+    enc = d.get("encodings")
+    if not enc:
+        return None
+    rows = [r for r in enc["rows"] if r["name"] != "(total)"]
+    names = [r["name"] for r in rows]
+    fig = _fig(title=f"Weight bytes in sparse accelerators' encodings<br><sup>{encodings_note(d)}</sup>",
+               barmode="group", xaxis_title="layer", yaxis_title="KiB (log)", height=460,
+               legend_below=True)
+    for key, label in ENCODINGS:
+        fig.add_bar(x=[short(n) for n in names], y=[r[key]["bytes"] / 1024 for r in rows],
+                    name=label, customdata=[[n, r[key]["vs_csr"]] for n, r in zip(names, rows)],
+                    hovertemplate="%{customdata[0]}: %{y:.1f} KiB (%{customdata[1]:.2f}x CSR)"
+                    "<extra>" + label + "</extra>")
+    fig.update_yaxes(type="log")
+    return fig
+
+
 def ineffectual_totals(L: dict) -> str:
     """One line: shares of all layers' dense MACs skipped by weight / activation / either zero."""
     tot = sum(e["macs_total"] for e in L.values())

@@ -299,6 +299,26 @@ def memory(d):
     return fig
 
 
+def encodings(d):
+    enc = d.get("encodings")
+    if not enc:
+        return None
+    from .interactive import ENCODINGS, encodings_note
+
+    rows = [r for r in enc["rows"] if r["name"] != "(total)"]
+    fig, ax = plt.subplots(figsize=(max(6, 0.3 * len(rows) * len(ENCODINGS) / 3 + 4), 4.2))
+    wdt = 0.8 / len(ENCODINGS)
+    for i, (key, label) in enumerate(ENCODINGS):
+        ax.bar(np.arange(len(rows)) + (i - (len(ENCODINGS) - 1) / 2) * wdt,
+               [r[key]["bytes"] / 1024 for r in rows], wdt, label=label)
+    ax.set_yscale("log")
+    _bars_x(ax, [r["name"] for r in rows])
+    ax.set_ylabel("KiB (log)")
+    ax.set_title(f"Weight bytes in sparse accelerators' encodings\n{encodings_note(d)}", fontsize=8)
+    ax.legend(fontsize=7, ncol=2, loc="lower center", bbox_to_anchor=(0.5, 1.12))
+    return fig
+
+
 def ineffectual(d):
     ie = d["ineffectual"]
     if "unavailable" in ie:

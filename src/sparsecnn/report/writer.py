@@ -98,6 +98,14 @@ def tables(d: dict) -> dict[str, list[dict]]:
             "dense_ms": h["measured"]["dense_ms"], "sparse_ms": h["measured"]["sparse_ms"],
             "hybrid_est_ms": h["estimate"]["hybrid_ms"], "hybrid_measured_ms": h["measured"]["hybrid_ms"],
             "hybrid_max_abs_err": h["measured"]["max_abs_err"], "unavailable": None})
+    if d.get("encodings"):
+        out["encodings"] = [
+            {"layer": r["name"], "nnz": r["nnz"], "dense_bytes": r["dense_bytes"],
+             **{f"{key}_bytes": r[key]["bytes"] for key in ("csr", "bitmap", "step", "eie")},
+             **{f"{key}_vs_csr": r[key]["vs_csr"] for key in ("bitmap", "step", "eie")},
+             "step_fillers": r["step"].get("fillers"), "eie_fillers": r["eie"].get("fillers"),
+             "eie_64pe_bytes": r64["eie"]["bytes"]}
+            for r, r64 in zip(d["encodings"]["rows"], d["encodings"]["rows_64pe"])]
     ie = d["ineffectual"]
     if "unavailable" not in ie:
         out["ineffectual"] = [{"layer": n, **e} for n, e in ie["layers"].items()]
@@ -128,6 +136,8 @@ def _unavailable(d: dict, name: str) -> str:
         return "grouped convolution"
     if name == "load_balance_layers":
         return ""
+    if name == "encodings":
+        return "no encodings in the data (analysis from an older version)"
     return "no data"
 
 
@@ -226,6 +236,23 @@ def render_html(d: dict, meta: dict, figs: dict, static_names: set[str], tabs: d
                      "(measured on the whole layer). Dense, sparse and the measured hybrid are timed interleaved "
                      "(medians); the hybrid includes gathering the blocks' input channels and adding the "
                      "outputs, and its output is checked equal to the full convolution.</p>")
+    if tabs.get("encodings"):
+        erows = [{**r, **{f"{k}_kib": r[f"{k}_bytes"] / 1024 for k in
+                          ("csr", "bitmap", "step", "eie", "eie_64pe")}} for r in tabs["encodings"]]
+        parts.append("<h2>Accelerators' index encodings (weight bytes)</h2>")
+        parts.append(_table(erows, [
+            ("layer", "layer", ""), ("nnz", "nnz", "d"), ("csr_kib", "CSR KiB", ".1f"),
+            ("bitmap_kib", "Cambricon-X direct KiB", ".1f"), ("bitmap_vs_csr", "x CSR", ".2f"),
+            ("step_kib", "Cambricon-X step KiB", ".1f"), ("step_vs_csr", "x CSR", ".2f"),
+            ("eie_kib", "EIE KiB", ".1f"), ("eie_vs_csr", "x CSR", ".2f"),
+            ("eie_64pe_kib", "EIE, 64 PEs KiB", ".1f"), ("eie_fillers", "EIE padding zeros", "d")]))
+        parts.append("<p class='note'>Cambricon-X direct indexing: one bit per weight position of "
+                     "each output channel; step indexing: 8-bit distance to the previous nonzero "
+                     "(filler entries for longer gaps); both with fp32 values. EIE: CSC, 4-bit "
+                     "relative row index (a padding zero per run of more than 15 zeros) and a "
+                     "4-bit index into 16 shared values (the codebook, 64 bytes, makes values "
+                     "approximate: Deep Compression retrains for it); 64 PEs interleave rows, "
+                     "each PE with its own column pointers. Pointers 32-bit.</p>")
     for name, title in FIGURES:
         fig = figs.get(name)
         if fig is None:
