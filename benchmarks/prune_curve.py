@@ -52,7 +52,7 @@ def run_point(out: Path, method: str, sparsity: float, epochs: int, seed: int, e
                                        val_fraction=0.1, evolution=EvolutionConfig(**evo),
                                        **METHODS[method])
     t0 = time.perf_counter()
-    res = recipes.run_recipe(recipe, progress=False)
+    res = recipes.run_recipe(recipe, progress=True)  # rich: the evolution logs each iteration
     seconds = time.perf_counter() - t0
     name = _point_name(method, sparsity, epochs, seed, tag)
     row = {"name": name, "method": method, "tag": tag, "target_sparsity": sparsity,

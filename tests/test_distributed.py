@@ -74,7 +74,7 @@ def test_ddp_training_loop_two_gloo_processes(tmp_path):
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
     assert r0["context"]["world_size"] == 2 and r0["context"]["backend"] == "gloo"
     assert {r0["context"]["rank"], r1["context"]["rank"]} == {0, 1}
-    assert r0["steps_per_epoch"] == 4  # 512 images, global batch 64 = 2 x 32
+    assert r0["steps_per_epoch"] == 8  # 512 images, global batch 64 = 2 ranks x 32
     assert r0["digests"] == r1["digests"]
     assert r0["weights_sum"] == r1["weights_sum"]
     assert r0["history"] == [{**h, "seconds": r0["history"][i]["seconds"]}
@@ -129,7 +129,7 @@ def test_torchrun_optimize_evolutionary_two_processes(tmp_path, dense_smallcnn, 
     assert res["pruning"]["schedule"].startswith("evolutionary")
     assert res["pruning"]["data_split"] == single["pruning"]["data_split"]
     layers = res["pruning"]["layer_sparsity"]
-    n = {"conv1": 72, "conv2": 1152, "fc": 8640}  # smallcnn's weights per layer
+    n = {"conv1": 144, "conv2": 4608, "fc": 5120}  # smallcnn's weights per layer
     zeros = sum(layers[k] * n[k] for k in n)
     assert zeros / sum(n.values()) == pytest.approx(0.8, abs=1e-3)
     assert res["verify"]["same_predictions"]

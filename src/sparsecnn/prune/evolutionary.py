@@ -16,7 +16,7 @@ Mask score (eqs. 2-3)
     keeps its ``n_l - z_l`` highest scores (``z_l = round(s_l * n_l)`` zeros at the layer's
     current sparsity ``s_l``):
 
-        m_i = [c_i >= c_(z_l)]   (the z_l-th smallest score; ties broken by position)  (eq. 3)
+        m_i = [c_i > c_(z_l)]    (the z_l lowest scores are pruned; exactly z_l)       (eq. 3)
 
     ``alpha`` and ``beta`` are the weighting coefficients. A pruned weight (``w = 0``) whose
     gradient stays large migrates back into the mask (with value 0, as in RigL, Evci et al.
@@ -27,7 +27,9 @@ Population, candidates and selection
     which the pruning configuration can be changed"). At its end the candidate's top-1 on a
     held-out *validation* set is measured; it is accepted if it is within ``accepted_drop`` of
     the solution it was trained from (its parent): ``val >= val_parent - accepted_drop``. An
-    accepted candidate joins the population and becomes the parent of the next one. The total
+    accepted candidate joins the population and becomes the parent of the next one. The first
+    candidate is accepted without comparison (its parent, the starting model, was not trained
+    with this loss, and published weights may have been trained on the validation images). The total
     sparsity over the pruned layers follows the same cubic ramp as AGP (Zhu & Gupta 2017) from 0
     at ``start_step`` to ``final_sparsity`` at ``end_step``, so that, at equal training steps,
     evolutionary and AGP spend the same steps at each total sparsity; what the evolution decides
@@ -36,9 +38,10 @@ Population, candidates and selection
 Mask increase by sensitivity
     After an acceptance a subset of the layers (``layer_fraction`` of them, drawn with
     probability proportional to ``1 / sensitivity``) is pruned further: their log-densities
-    ``log(1 - s_l)`` go down by ``y / sensitivity_l`` (normalised), ``y`` solved so that the
-    total reaches the ramp's next value (bisection; layers spill over to the others when the
-    chosen ones hit ``max_layer_sparsity``).
+    ``log(1 - s_l)`` go down by ``y * clip(sqrt(min_sens / sens_l), 0.25, 1)``, ``y`` solved
+    (bisection) so that the total reaches the ramp's next value, no layer by more than twice
+    the step one common shift of all layers would need; what the chosen layers cannot carry
+    (that limit, ``max_layer_sparsity``) is spread over all layers.
 
 Rewinding, mutation, crossover
     A rejected candidate's weights are rewound to those of the last accepted solution (weights,
@@ -48,7 +51,8 @@ Rewinding, mutation, crossover
     log-density) or, with probability ``crossover_prob``, a crossover of two random population
     members (each layer's sparsity from one or the other with probability 1/2), refitted to the
     ramp's total by one common log-density shift. After ``patience`` consecutive rejections the
-    candidate is accepted anyway (so the ramp is kept).
+    best of these attempts (by validation top-1; its weights were kept) is accepted anyway, so
+    the ramp is kept.
 
 Sensitivity statistics
     Initialised by a one-shot prune-one-layer sweep on the validation set at ``probe_sparsity``
@@ -57,9 +61,10 @@ Sensitivity statistics
     ``clip((m_l + 0.1 m) / (1.1 m), 0.5, 2) ** sensitivity_rate``, ``m_l`` the share of its
     pruned weights that migrated back into the mask per step during the iteration and ``m`` the
     mean over the pruned layers (weights regrowing = the layer wants capacity back); after a
-    rejection the layers that were pruned further are multiplied by ``1 + excess * k * share_l``
-    (``share_l`` = their share of the added zeros, ``k`` their number, ``excess =
-    min(1, drop / accepted_drop)``). Sensitivities are normalised to geometric mean 1.
+    rejection the layers that were pruned further are multiplied by ``1 + excess *
+    min(1, k * share_l)`` (``share_l`` = their share of the added zeros, ``k`` their number,
+    ``excess = min(1, drop / accepted_drop)``). Sensitivities are normalised to geometric mean
+    1 and kept within [0.1, 10].
 
 Initial population and clustering
     The population starts from ``population_size`` sparsity vectors (line 1 of Algorithm 1):
@@ -128,7 +133,7 @@ class EvolutionConfig:
     crossover_prob : float
         Probability that a rejection is followed by a crossover (else a mutation), in [0, 1].
     patience : int
-        Consecutive rejections after which a candidate is accepted anyway, >= 1.
+        Consecutive rejections after which the best of these attempts is accepted anyway, >= 1.
     sensitivity_rate : float
         Exponent of the migration update of the sensitivities, in [0, 1].
     init_sensitivity : {"sweep", "uniform"}
@@ -145,7 +150,7 @@ class EvolutionConfig:
     population_size: int = 8
     clusters: int = 3
     interval: int | None = None
-    accepted_drop: float = 0.01
+    accepted_drop: float = 0.02
     alpha: float = 1.0
     beta: float = 0.1
     grad_decay: float = 0.9
@@ -210,30 +215,42 @@ class EvolutionConfig:
 # sparsity vectors: fitting a total, realising integer zero counts
 # ------------------------------------------------------------------------------------------------
 def fit_total(log_density: np.ndarray, numel: np.ndarray, total: float, min_density: np.ndarray,
-              weights: np.ndarray | None = None) -> np.ndarray:
-    """Per-layer sparsities ``1 - clip(exp(log_density - y * weights), min_density, 1)`` with
-    ``y`` solved (bisection) so that the weighted total sparsity ``sum(n_l s_l) / sum(n_l)`` is
-    ``total``.
+              weights: np.ndarray | None = None, max_step: float | None = None) -> np.ndarray:
+    """Per-layer sparsities ``1 - clip(exp(log_density - min(y * weights, max_step)),
+    min_density, 1)`` with ``y`` solved (bisection) so that the weighted total sparsity
+    ``sum(n_l s_l) / sum(n_l)`` is ``total``.
 
     ``weights`` None: one common shift of every layer (``y`` may be negative). With weights
-    (>= 0, zero for layers left alone) ``y >= 0``; if the weighted layers cannot reach the total
-    on their own they are set to their limit and the rest is spread over all layers by a common
-    shift.
+    (>= 0, zero for layers left alone) ``y >= 0`` and each layer's log-density goes down by at
+    most ``max_step`` (None: no limit); if the weighted layers cannot reach the total within
+    that, they take their limit and the rest is spread over all layers by a common shift.
 
     Returns float64 sparsities in [0, 1 - min_density].
     """
+    return _fit(log_density, numel, total, min_density, weights, max_step)[0]
+
+
+def uniform_shift(log_density: np.ndarray, numel: np.ndarray, total: float,
+                  min_density: np.ndarray) -> float:
+    """The common log-density shift ``y`` with which :func:`fit_total` (no weights) reaches
+    ``total``."""
+    return _fit(log_density, numel, total, min_density, None, None)[1]
+
+
+def _fit(log_density, numel, total, min_density, weights, max_step):
     log_density = np.asarray(log_density, dtype=np.float64)
     n = np.asarray(numel, dtype=np.float64)
     dmin = np.asarray(min_density, dtype=np.float64)
-    n_total = n.sum()
-    target = float(total) * n_total
+    target = float(total) * n.sum()
     cap = float((n * (1.0 - dmin)).sum())
     if target >= cap:
-        return 1.0 - dmin
+        return 1.0 - dmin, 60.0
     w = np.ones_like(n) if weights is None else np.asarray(weights, dtype=np.float64)
+    limit = np.inf if max_step is None else float(max_step)
 
     def sparsity(y):
-        d = np.clip(np.exp(np.minimum(log_density - y * w, 0.0)), dmin, 1.0)
+        step = np.minimum(y * w, limit)
+        d = np.clip(np.exp(np.minimum(log_density - step, 0.0)), dmin, 1.0)
         return 1.0 - d
 
     def zeros(y):
@@ -242,16 +259,16 @@ def fit_total(log_density: np.ndarray, numel: np.ndarray, total: float, min_dens
     lo, hi = (-60.0, 60.0) if weights is None else (0.0, 60.0)
     if weights is not None and zeros(hi) < target:
         base = np.log(np.clip(1.0 - sparsity(hi), dmin, 1.0))
-        return fit_total(base, n, total, dmin)
+        return _fit(base, n, total, dmin, None, None)
     if zeros(lo) >= target:
-        return sparsity(lo)
+        return sparsity(lo), lo
     for _ in range(100):
         mid = 0.5 * (lo + hi)
         if zeros(mid) < target:
             lo = mid
         else:
             hi = mid
-    return sparsity(hi)
+    return sparsity(hi), hi
 
 
 def zeros_per_layer(sparsity: np.ndarray, numel: np.ndarray, total: float,
@@ -385,6 +402,7 @@ class EvolutionaryPruner:
         self.candidate: dict | None = None
         self.next_boundary = start_step
         self.rejections = 0
+        self.best_rejected: dict | None = None  # the best rejected attempt since the parent
         self.phase = "waiting"  # -> "evolving" -> "finetune"
         self.history: list[dict] = []
         self.counts = {"evaluations": 0, "val_images": 0, "accepted": 0, "rejected": 0,
@@ -460,8 +478,9 @@ class EvolutionaryPruner:
 
     def _scores(self, i: int, module: nn.Module) -> torch.Tensor:
         w = module.weight.detach().abs().float()
-        kept = w[w > 0]
-        score = self.config.alpha * w / (float(kept.mean()) + 1e-12 if kept.numel() else 1.0)
+        n_kept = int((w > 0).sum())
+        mean_kept = float(w.sum()) / n_kept if n_kept else 1.0
+        score = self.config.alpha * w / (mean_kept + 1e-12)
         if self.config.beta > 0 and self._ema[i] is not None:
             g = self._ema[i].abs()
             score = score + self.config.beta * g / (float(g.mean()) + 1e-12)
@@ -472,7 +491,7 @@ class EvolutionaryPruner:
         for i, module in enumerate(self._modules):
             p = _mask_param(module)
             old = p.mask.detach() > 0
-            keep = _keep_top(self._scores(i, module), int(zeros[i]))
+            keep = _keep_count(self._scores(i, module), int(zeros[i]))
             if count_migration:
                 back = int((keep & ~old).sum())
                 self._migrated[i] += back
@@ -604,7 +623,10 @@ class EvolutionaryPruner:
         cfg = self.config
         fitness = self._evaluate()
         ref = self.parent["fitness"]
-        ok = fitness >= ref - cfg.accepted_drop
+        # the first candidate has no trained parent: the starting model's validation top-1 was
+        # not reached with this training (and the published weights may have seen these images)
+        first = self.parent["kind"] == "start"
+        ok = first or fitness >= ref - cfg.accepted_drop
         forced = not ok and self.rejections + 1 >= cfg.patience
         accepted = ok or forced
         # sensitivity update from the weights that migrated into the mask
@@ -623,11 +645,25 @@ class EvolutionaryPruner:
             share = added / added.sum()
             excess = min(1.0, (ref - fitness) / max(cfg.accepted_drop, 1e-3))
             k = int((added > 0).sum())
-            self.sensitivity = self.sensitivity * (1.0 + excess * k * share)
+            self.sensitivity = self.sensitivity * (1.0 + excess * np.minimum(k * share, 1.0))
         self.sensitivity = self.sensitivity / np.exp(np.log(self.sensitivity).mean())
+        self.sensitivity = np.clip(self.sensitivity, 0.1, 10.0)
         row = {"step": t, "total": self.current_sparsity, "val_top1": fitness, "parent_val": ref,
                "kind": self.candidate["kind"], "accepted": accepted, "forced": forced}
+        best = self.best_rejected
+        if forced and best is not None and best["fitness"] > fitness:
+            # patience: accept the best of the attempts since the parent, not the last one
+            self._restore(best["state"])
+            self.zeros = np.asarray(best["zeros"], dtype=np.int64)
+            self.current_sparsity = float(self.zeros.sum()) / float(self.numel.sum())
+            fitness = best["fitness"]
+            self.candidate = {**self.candidate, "kind": best["kind"]}
+            row["took_earlier_attempt"] = True
+        if not accepted and (best is None or fitness > best["fitness"]):
+            self.best_rejected = {"fitness": fitness, "zeros": self.zeros.tolist(),
+                                  "kind": self.candidate["kind"], "state": self._snapshot()}
         if accepted:
+            self.best_rejected = None
             self.counts["accepted"] += 1
             self.counts["forced"] += int(forced)
             self.rejections = 0
@@ -664,19 +700,31 @@ class EvolutionaryPruner:
             self._set_candidate(self._mutate(self._vec(), total), total, "mutation")
 
     def _increase(self, vec: np.ndarray, total: float) -> np.ndarray:
-        """Prune a sensitivity-weighted random subset of the layers further, to ``total``."""
+        """Prune a sensitivity-weighted random subset of the layers further, to ``total``.
+
+        ``layer_fraction`` of the layers, drawn with probability proportional to
+        1 / sensitivity; their log-densities go down by ``y * w_l`` with ``w_l =
+        clip(sqrt(min_sens / sens_l), 0.25, 1)``, at most twice the step that one common shift of
+        all layers would need (so no layer takes the whole increment); what they cannot carry
+        is spread over all layers."""
         n_layers = len(vec)
+        ld = self._log_density(vec)
         if total <= float((vec * self.numel).sum()) / self.numel.sum() + 1e-12:
             return vec
         k = max(1, int(math.ceil(self.config.layer_fraction * n_layers)))
         inv = 1.0 / self.sensitivity
         room = self.zeros < self.max_zeros
+        if not room.any():
+            return vec
         prob = torch.tensor(inv * room + 1e-12)
-        chosen = torch.multinomial(prob, min(k, int(room.sum()) or n_layers), replacement=False,
+        chosen = torch.multinomial(prob, min(k, int(room.sum())), replacement=False,
                                    generator=self.gen).numpy()
         w = np.zeros(n_layers)
-        w[chosen] = inv[chosen] / inv[chosen].max()
-        return self._fit(self._log_density(vec), total, w)
+        sens = self.sensitivity[chosen]
+        w[chosen] = np.clip(np.sqrt(sens.min() / sens), 0.25, 1.0)
+        y_uniform = uniform_shift(ld, self.numel, total, self.min_density)
+        return fit_total(ld, self.numel, total, self.min_density, w,
+                         max_step=2.0 * max(y_uniform, 1e-3))
 
     def _mutate(self, vec: np.ndarray, total: float) -> np.ndarray:
         n_layers = len(vec)
@@ -743,6 +791,7 @@ class EvolutionaryPruner:
                 "sensitivity": self.sensitivity.tolist(), "population": copy.deepcopy(self.population),
                 "parent": self.parent, "candidate": copy.deepcopy(self.candidate),
                 "next_boundary": self.next_boundary, "rejections": self.rejections,
+                "best_rejected": self.best_rejected,
                 "phase": self.phase, "history": list(self.history), "counts": dict(self.counts),
                 "ema": [None if e is None else e.detach().cpu() for e in self._ema],
                 "migrated": self._migrated.tolist(), "migration_steps": self._migration_steps,
@@ -758,6 +807,7 @@ class EvolutionaryPruner:
         self.candidate = state["candidate"]
         self.next_boundary = int(state["next_boundary"])
         self.rejections = int(state["rejections"])
+        self.best_rejected = state["best_rejected"]
         self.phase = state["phase"]
         self.history = list(state["history"])
         self.counts = dict(state["counts"])
@@ -767,6 +817,25 @@ class EvolutionaryPruner:
         self._migration_steps = int(state["migration_steps"])
         self.initial = dict(state["initial"])
         self.gen.set_state(state["gen"])
+
+
+def _keep_count(scores: torch.Tensor, n_prune: int) -> torch.Tensor:
+    """Bool mask of ``scores``' shape with exactly ``n_prune`` lowest scores False
+    (``torch.topk`` on the smaller side; deterministic for equal inputs, ties arbitrary but
+    fixed)."""
+    flat = scores.reshape(-1)
+    n = flat.numel()
+    if n_prune <= 0:
+        return torch.ones_like(scores, dtype=torch.bool)
+    if n_prune >= n:
+        return torch.zeros_like(scores, dtype=torch.bool)
+    if n_prune <= n - n_prune:
+        keep = torch.ones(n, dtype=torch.bool, device=flat.device)
+        keep[torch.topk(flat, n_prune, largest=False, sorted=False).indices] = False
+    else:
+        keep = torch.zeros(n, dtype=torch.bool, device=flat.device)
+        keep[torch.topk(flat, n - n_prune, largest=True, sorted=False).indices] = True
+    return keep.view_as(scores)
 
 
 def _len_dataset(loader) -> int:
