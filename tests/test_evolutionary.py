@@ -246,3 +246,18 @@ def test_evolutionary_recipe_on_digits():
     assert ev["counts"]["accepted"] >= 1 and ev["total_sparsity"] == pytest.approx(0.8, abs=1e-3)
     assert recipes.resnet20_cifar_evolutionary().method == "evolutionary"
     assert recipes.resnet20_cifar_evolutionary().val_fraction == 0.1
+
+
+def test_allowed_drop_grows_with_the_density_cut():
+    model = models.build("smallcnn")
+    p = EvolutionaryPruner(model, 0.9, 0, 10, [], config=EvolutionConfig(accepted_drop=0.02,
+                                                                        drop_unit=0.1))
+    n = int(p.numel.sum())
+    p.parent = {"zeros": [0, 0, 0]}
+    p.zeros = np.array([0, 0, 0])
+    assert p._allowed_drop() == pytest.approx(0.02)  # nothing removed: the floor
+    z = round(n * (1 - math.exp(-0.3)))  # a cut of 0.3 in log-density: three units
+    p.zeros = zeros_per_layer(np.full(3, z / n), p.numel, z / n, p.max_zeros)
+    assert p._allowed_drop() == pytest.approx(0.06, rel=1e-3)
+    p.parent = {"zeros": p.zeros.tolist()}  # the same density as the parent
+    assert p._allowed_drop() == pytest.approx(0.02)

@@ -281,6 +281,22 @@ def shard_eval_loader(loader):
     return out
 
 
+class DeviceLoader:
+    """Wrap a loader so that its ``(x, y)`` batches arrive on ``device`` (for helpers that
+    iterate a loader themselves, e.g. :func:`sparsecnn.prune.sensitivity_sweep`)."""
+
+    def __init__(self, loader, device):
+        self.loader, self.device = loader, torch.device(device)
+        self.dataset = getattr(loader, "dataset", None)
+
+    def __iter__(self):
+        for x, y in self.loader:
+            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+    def __len__(self):
+        return len(self.loader)
+
+
 @torch.no_grad()
 def sync_buffers_(model: nn.Module, src: int = 0) -> nn.Module:
     """Copy rank ``src``'s buffers (BatchNorm running statistics, masks) to every rank, in

@@ -25,8 +25,11 @@ Mask score (eqs. 2-3)
 Population, candidates and selection
     Each *iteration* lasts ``interval`` optimizer steps (the paper's "number of batches after
     which the pruning configuration can be changed"). At its end the candidate's top-1 on a
-    held-out *validation* set is measured; it is accepted if it is within ``accepted_drop`` of
-    the solution it was trained from (its parent): ``val >= val_parent - accepted_drop``. An
+    held-out *validation* set is measured; it is accepted if it is within the accepted drop of
+    the solution it was trained from (its parent): ``val >= val_parent - accepted_drop *
+    max(1, ln(d_parent / d) / drop_unit)`` with ``d`` the total density (the larger the share of
+    the remaining weights a candidate removes -- the ramp's early steps -- the more drop it may
+    cost; a fixed threshold rejected nearly every early step of a short run). An
     accepted candidate joins the population and becomes the parent of the next one. The first
     candidate is accepted without comparison (its parent, the starting model, was not trained
     with this loss, and published weights may have been trained on the validation images). The total
@@ -117,7 +120,11 @@ class EvolutionConfig:
         None: the recipe's pruning frequency (half an epoch by default).
     accepted_drop : float
         Accepted validation top-1 drop of a candidate against its parent (the paper's
-        accuracy threshold), in [0, 1].
+        accuracy threshold), in [0, 1], per ``drop_unit`` of the total log-density the
+        candidate removes (at least ``accepted_drop``).
+    drop_unit : float
+        Log-density cut (``ln(d_parent / d_candidate)``, total over the pruned layers) that
+        one ``accepted_drop`` pays for, > 0; 0.1 = about 10 % of the remaining weights.
     alpha, beta : float
         Weights of the normalised magnitude and gradient terms of the score (eq. 2), >= 0, not
         both 0.
@@ -151,6 +158,7 @@ class EvolutionConfig:
     clusters: int = 3
     interval: int | None = None
     accepted_drop: float = 0.02
+    drop_unit: float = 0.1
     alpha: float = 1.0
     beta: float = 0.1
     grad_decay: float = 0.9
@@ -191,6 +199,7 @@ class EvolutionConfig:
         _int("mask_every", 1)
         _int("patience", 1)
         _num("accepted_drop", 0.0, 1.0)
+        _num("drop_unit", 0.0, math.inf, lo_open=True)
         _num("alpha", 0.0, math.inf)
         _num("beta", 0.0, math.inf)
         if self.alpha == 0 and self.beta == 0:
@@ -566,8 +575,11 @@ class EvolutionaryPruner:
         if cfg.init_sensitivity == "sweep" and probe > 0:
             from .sensitivity import sensitivity_sweep
 
-            rows = sensitivity_sweep(self.model, self.val_loader, [probe],
-                                     layers=self.layer_names, progress=False)
+            loader = self.val_loader
+            if self._device is not None and self._device.type != "cpu":
+                loader = D.DeviceLoader(loader, self._device)
+            rows = sensitivity_sweep(self.model, loader, [probe], layers=self.layer_names,
+                                     progress=False)
             rows = D.broadcast_object(rows)  # every rank takes rank 0's numbers
             self.counts["evaluations"] += len(rows)
             self.counts["val_images"] += len(rows) * _len_dataset(self.val_loader)
@@ -626,7 +638,8 @@ class EvolutionaryPruner:
         # the first candidate has no trained parent: the starting model's validation top-1 was
         # not reached with this training (and the published weights may have seen these images)
         first = self.parent["kind"] == "start"
-        ok = first or fitness >= ref - cfg.accepted_drop
+        allowed = self._allowed_drop()
+        ok = first or fitness >= ref - allowed
         forced = not ok and self.rejections + 1 >= cfg.patience
         accepted = ok or forced
         # sensitivity update from the weights that migrated into the mask
@@ -643,13 +656,14 @@ class EvolutionaryPruner:
         added = np.maximum(self.zeros - parent_zeros, 0)
         if not ok and added.sum() > 0:
             share = added / added.sum()
-            excess = min(1.0, (ref - fitness) / max(cfg.accepted_drop, 1e-3))
+            excess = min(1.0, (ref - fitness - allowed) / max(allowed, 1e-3))
             k = int((added > 0).sum())
             self.sensitivity = self.sensitivity * (1.0 + excess * np.minimum(k * share, 1.0))
         self.sensitivity = self.sensitivity / np.exp(np.log(self.sensitivity).mean())
         self.sensitivity = np.clip(self.sensitivity, 0.1, 10.0)
         row = {"step": t, "total": self.current_sparsity, "val_top1": fitness, "parent_val": ref,
-               "kind": self.candidate["kind"], "accepted": accepted, "forced": forced}
+               "allowed_drop": allowed, "kind": self.candidate["kind"], "accepted": accepted,
+               "forced": forced}
         best = self.best_rejected
         if forced and best is not None and best["fitness"] > fitness:
             # patience: accept the best of the attempts since the parent, not the last one
@@ -698,6 +712,15 @@ class EvolutionaryPruner:
         else:
             self.counts["mutations"] += 1
             self._set_candidate(self._mutate(self._vec(), total), total, "mutation")
+
+    def _allowed_drop(self) -> float:
+        """``accepted_drop`` per ``drop_unit`` of log-density removed since the parent (total
+        over the pruned layers), never less than ``accepted_drop``."""
+        n = float(self.numel.sum())
+        d_parent = 1.0 - float(np.sum(self.parent["zeros"])) / n
+        d_now = 1.0 - float(self.zeros.sum()) / n
+        cut = math.log(max(d_parent, 1e-9) / max(d_now, 1e-9))
+        return self.config.accepted_drop * max(1.0, cut / self.config.drop_unit)
 
     def _increase(self, vec: np.ndarray, total: float) -> np.ndarray:
         """Prune a sensitivity-weighted random subset of the layers further, to ``total``.
