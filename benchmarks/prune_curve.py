@@ -140,7 +140,7 @@ def speed(out: Path, names: list[str], batch_sizes: list[int], threads: int,
 
     torch.set_num_threads(threads)
     _, test = data.cifar10_subsets()
-    images, labels = test.tensors[0], test.tensors[1]
+    images = test.tensors[0]
     rows = {json.loads(p.read_text())["name"]: json.loads(p.read_text())
             for p in (out / "points").glob("*.json")}
     missing = [n for n in names if n not in rows]
@@ -188,7 +188,7 @@ def speed(out: Path, names: list[str], batch_sizes: list[int], threads: int,
                       "median / sparse median, one process, sparsecnn.timing.measure"}
     with atomic_path(out / "speed.json") as tmp:
         tmp.write_text(json.dumps(result, indent=1, default=str))
-    print(f"| model | conv sparsity | top-1 | " +
+    print("| model | conv sparsity | top-1 | " +
           " | ".join(f"batch {b} ms | speedup" for b in batch_sizes) + " |")
     print("| --- " * (3 + 2 * len(batch_sizes)) + "|")
     for n in ["dense", *names]:
