@@ -92,7 +92,12 @@ def dense_smallcnn(tmp_path):
     torch.manual_seed(0)
     model = models.build("smallcnn")
     train, _ = data.load_digits()
-    prune.train(model, prune.make_loader(train, 64, seed=0), 4, 0.05, progress=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a tiny model: one thread is as fast, and robust to a busy machine
+    try:
+        prune.train(model, prune.make_loader(train, 64, seed=0), 4, 0.05, progress=False)
+    finally:
+        torch.set_num_threads(threads)
     path = tmp_path / "dense.pt"
     torch.save({"state_dict": model.state_dict()}, path)
     return path
