@@ -42,11 +42,14 @@ from .results import DEFAULT_PARENT, check_output_file, check_parent, results_fo
 
 #: quantization methods reported by default (all of :data:`sparsecnn.quant.METHODS`)
 QUANT_METHODS = tuple(quant.METHODS)
-METHODS = ("magnitude", "global", "nm", "filter", "unified")
-#: Methods pruned gradually (AGP, through :func:`sparsecnn.prune.recipes.run_recipe`) when
-#: ``epochs > 0``: method -> (recipe ``scope``, recipe ``method``).
+METHODS = ("magnitude", "global", "nm", "filter", "unified", "evolutionary")
+#: Methods pruned gradually (AGP or evolutionary, through
+#: :func:`sparsecnn.prune.recipes.run_recipe`) when ``epochs > 0``: method -> (recipe ``scope``,
+#: recipe ``method``).
 GRADUAL = {"magnitude": ("layer", "magnitude"), "global": ("global", "magnitude"),
-           "unified": ("layer", "unified")}
+           "unified": ("layer", "unified"), "evolutionary": ("layer", "evolutionary")}
+#: Validation share held out of the training data for the evolutionary selection.
+EVOLUTION_VAL_FRACTION = 0.1
 DEFAULT_OUT = DEFAULT_PARENT
 #: Output check of the sparse model against the pruned dense model
 #: (:func:`sparsecnn.checks.compare_outputs`): ``max|y_sparse - y_dense| <= VERIFY_TOL *
@@ -188,8 +191,10 @@ def _train_dense(model, model_name, train_set, test_loader, seed, progress, cons
     prune.train(model, loader, cfg["epochs"], cfg["lr"], seed=seed, progress=progress,
                 description=f"train dense {model_name}")
     model.eval()
-    with atomic_path(path) as tmp:
-        torch.save({"state_dict": model.state_dict()}, tmp)
+    from .prune import distributed
+    if distributed.context().is_main:  # under torchrun: written once
+        with atomic_path(path) as tmp:
+            torch.save({"state_dict": model.state_dict()}, tmp)
     return {"source": "trained", "path": str(path), "seconds": time.perf_counter() - t0,
             "epochs": cfg["epochs"]}
 
@@ -198,7 +203,8 @@ def _train_dense(model, model_name, train_set, test_loader, seed, progress, cons
 # pruning
 # ---------------------------------------------------------------------------------------------
 def pruning_recipe(model_name: str | None, method: str, sparsity: float, epochs: int, *,
-                   seed: int = 0, weights=None, prune_linear: bool | None = None):
+                   seed: int = 0, weights=None, prune_linear: bool | None = None,
+                   overrides: dict | None = None):
     """The :class:`~sparsecnn.prune.recipes.Recipe` that ``optimize`` runs for gradual pruning.
 
     The base is the model spec's recipe (:attr:`sparsecnn.models.ModelSpec.recipe`): the CIFAR
@@ -208,9 +214,12 @@ def pruning_recipe(model_name: str | None, method: str, sparsity: float, epochs:
     ONNX import, ``model_name=None``) the :class:`Recipe` defaults without augmentation or
     distillation.
     ``method`` sets the scope (``"magnitude"``: per layer, ``"global"``: one threshold,
-    ``"unified"``: per layer, equal nnz per output channel); ``sparsity``, ``epochs``, ``seed``,
-    ``weights`` (the starting checkpoint's path, recorded; needed for distillation) and
-    ``prune_linear`` (None: the recipe's) override.
+    ``"unified"``: per layer, equal nnz per output channel; ``"evolutionary"``:
+    :class:`~sparsecnn.prune.EvolutionaryPruner`, with :data:`EVOLUTION_VAL_FRACTION` of the
+    training data held out for its validation); ``sparsity``, ``epochs``, ``seed``, ``weights``
+    (the starting checkpoint's path, recorded; needed for distillation) and ``prune_linear``
+    (None: the recipe's) override, then ``overrides`` (``{field: value}``; ``"evolution.<field>"``
+    sets a field of the :class:`~sparsecnn.prune.EvolutionConfig`).
 
     Raises
     ------
@@ -233,11 +242,15 @@ def pruning_recipe(model_name: str | None, method: str, sparsity: float, epochs:
                "method": mask_method, "weights": None if weights is None else str(weights)}
     if prune_linear is not None:
         changes["prune_linear"] = prune_linear
-    return base.replace(**changes)
+    if method == "evolutionary":
+        changes["val_fraction"] = EVOLUTION_VAL_FRACTION
+    recipe = base.replace(**changes)
+    return recipes.apply_overrides(recipe, overrides or {})
 
 
 def _prune(model, model_name, recipe_key, method, sparsity, epochs, train_set, test_set,
-           weights, seed, prune_linear, progress, console) -> dict:
+           weights, seed, prune_linear, progress, console, overrides=None,
+           checkpoint=None) -> dict:
     from . import models, prune
     from .prune.masks import select_layers
     types = (nn.Conv2d, nn.Linear) if prune_linear else (nn.Conv2d,)
@@ -250,6 +263,8 @@ def _prune(model, model_name, recipe_key, method, sparsity, epochs, train_set, t
     if epochs > 0 and train_set is None:
         raise ValueError("fine-tuning (epochs > 0) needs training data: pass --train-data NPZ "
                          "or --epochs 0 (one-shot pruning)")
+    if method == "evolutionary" and epochs == 0:
+        raise ValueError("--method evolutionary prunes while training: give --epochs > 0")
     t0 = time.perf_counter()
     if epochs == 0 or method not in GRADUAL:
         if method in ("magnitude", "global"):
@@ -273,20 +288,37 @@ def _prune(model, model_name, recipe_key, method, sparsity, epochs, train_set, t
             info["schedule"] = f"one-shot + {epochs} epochs fine-tuning"
     else:  # gradual: the recipe mechanism (sparsecnn.prune.recipes)
         recipe = pruning_recipe(recipe_key, method, sparsity, epochs, seed=seed, weights=weights,
-                                prune_linear=prune_linear).replace(model=model_name)
+                                prune_linear=prune_linear,
+                                overrides=overrides).replace(model=model_name)
         out = prune.recipes.run_recipe(recipe, model=model, train_set=train_set,
-                                       test_set=test_set, progress=progress)
+                                       test_set=test_set, progress=progress,
+                                       checkpoint=checkpoint)
         sch = out["schedule"]
-        text = (f"AGP (Zhu & Gupta 2017) over steps {sch['start_step']}..{sch['end_step']} of "
-                f"{sch['total_steps']}, every {sch['frequency']} steps, {recipe.scope} "
-                f"{recipe.method}; SGD lr {recipe.lr} cosine, batch {recipe.batch_size}")
+        if recipe.method == "evolutionary":
+            ev = out["evolution"]
+            c = ev["counts"]
+            text = (f"evolutionary with rewinding (GPU paper, Algorithm 1): total sparsity on the "
+                    f"AGP ramp over steps {sch['start_step']}..{sch['end_step']} of "
+                    f"{sch['total_steps']}, an iteration every {ev['interval']} steps "
+                    f"({c['accepted']} accepted, {c['rejected']} rejected and rewound, "
+                    f"{c['mutations']} mutations, {c['crossovers']} crossovers), validation on "
+                    f"{out['data']['val']} held-out training images; SGD lr {recipe.lr} cosine, "
+                    f"batch {recipe.batch_size}")
+            info["evolution"] = {k: ev[k] for k in ("counts", "interval", "sensitivity",
+                                                    "population", "initial", "history", "config")}
+        else:
+            text = (f"AGP (Zhu & Gupta 2017) over steps {sch['start_step']}..{sch['end_step']} of "
+                    f"{sch['total_steps']}, every {sch['frequency']} steps, {recipe.scope} "
+                    f"{recipe.method}; SGD lr {recipe.lr} cosine, batch {recipe.batch_size}")
         if sch["distillation"]:
             text += (f", distillation from the dense model (alpha {recipe.kd_alpha}, "
                      f"T {recipe.kd_temperature})")
         if sch["augment"]:
             text += ", random crop + flip"
         info.update(schedule=text, recipe=dataclasses.asdict(recipe), layers=out["layers"],
-                    agp=sch)
+                    agp=sch, data_split=out["data"])
+        if "distributed" in out:
+            info["distributed"] = out["distributed"]
     prune.finalize_(model)
     model.eval()
     info["seconds"] = time.perf_counter() - t0
@@ -414,7 +446,8 @@ def optimize(model: str = "smallcnn", *, weights=None, data=None, train_data=Non
              export_onnx=None, out_dir=DEFAULT_OUT, tune: bool = True, retune: bool = False,
              seed: int = 0,
              prune_linear: bool | None = None, time_s: float = 1.0, progress: bool = True,
-             quantize=QUANT_METHODS, input_shape=None, console=None) -> dict:
+             quantize=QUANT_METHODS, input_shape=None, console=None,
+             recipe_overrides: dict | None = None, checkpoint=None) -> dict:
     """Train or load a model, prune it, sparsify and tune it, verify, benchmark, write results.
 
     Parameters
@@ -428,8 +461,10 @@ def optimize(model: str = "smallcnn", *, weights=None, data=None, train_data=Non
         Evaluation / fine-tuning images (npz: ``images`` uint8 (N, 3, H, W), ``labels``).
     sparsity : float in [0, 1)
         Target sparsity of the pruned layers (0: use the weights as given).
-    method : {"magnitude", "global", "nm", "filter", "unified"}
-        Per-layer or global magnitude, N:M, filter (structured) or unified-row. With
+    method : {"magnitude", "global", "nm", "filter", "unified", "evolutionary"}
+        Per-layer or global magnitude, N:M, filter (structured), unified-row, or evolutionary
+        with rewinding (needs ``epochs > 0``; validates on a held-out 10 % of the training
+        data). With
         ``epochs > 0`` the magnitude, global and unified methods prune gradually (AGP) through
         :func:`sparsecnn.prune.recipes.run_recipe`, with the recipe of :func:`pruning_recipe`
         (CIFAR ResNets: distillation from the dense model + crop/flip, as
@@ -469,6 +504,17 @@ def optimize(model: str = "smallcnn", *, weights=None, data=None, train_data=Non
         model with neither defaults to the static input shape its file declares.
     console : rich.console.Console or None
         Progress log.
+    recipe_overrides : dict or None
+        ``{field: value}`` applied to the gradual-pruning recipe (``"evolution.<field>"`` for the
+        evolutionary parameters), see :func:`pruning_recipe`.
+    checkpoint : path or None
+        Resumable fine-tuning state, written after every epoch (rank 0); rerun the same command
+        with the same path to resume.
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1 in the environment) the fine-tuning runs on every
+    process with DistributedDataParallel (:mod:`sparsecnn.prune.distributed`); rank 0 alone
+    then sparsifies, times and writes the results folder, the other ranks return
+    ``{"rank": r, "results_dir": None}``.
 
     Returns
     -------
@@ -504,7 +550,11 @@ def optimize(model: str = "smallcnn", *, weights=None, data=None, train_data=Non
                          f"{list(quant.METHODS)}")
     t_start = time.perf_counter()
     sparsity = float(sparsity)
+    from .prune import distributed as dist_mod
+    ctx = dist_mod.init_from_env()
     threads_info = set_threads(threads)
+    if ctx.active:  # share the node's threads among its training processes
+        torch.set_num_threads(max(1, threads_info["torch"] // ctx.local_world_size))
     torch.manual_seed(seed)
     name = model if onnx is None else Path(onnx).stem
     spec = M.spec(model) if onnx is None else None
@@ -568,7 +618,11 @@ def optimize(model: str = "smallcnn", *, weights=None, data=None, train_data=Non
     pruned = copy.deepcopy(net)
     prune_info = _prune(pruned, name, model if onnx is None else None, method, sparsity, epochs,
                         train_set, test_set, weights_info.get("path"), seed, prune_linear,
-                        progress, console)
+                        progress, console, recipe_overrides, checkpoint)
+    if ctx.active:
+        torch.set_num_threads(threads_info["torch"])
+        if not ctx.is_main:  # rank 0 alone sparsifies, times and writes the results
+            return {"rank": ctx.rank, "results_dir": None, "pruning": prune_info}
     pruned.eval()
     from .prune import sparsity_of
     layer_sparsity = sparsity_of(pruned)

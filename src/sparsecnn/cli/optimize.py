@@ -40,7 +40,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--export-onnx", metavar="FILE", help="write the pruned dense model to ONNX")
     p.add_argument("--sparsity", type=_sparsity, default=0.9,
                    help="target sparsity of the pruned layers, in [0, 1) (0: weights as given)")
-    p.add_argument("--method", default="magnitude", choices=METHODS, help="pruning method")
+    p.add_argument("--method", default="magnitude", choices=METHODS,
+                   help="pruning method (evolutionary: with rewinding, validates on a held-out "
+                        "10 %% of the training data; needs --epochs > 0)")
     p.add_argument("--epochs", type=int, default=None,
                    help="fine-tuning epochs (default 15 for smallcnn, else 0 = one-shot)")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=None, metavar="B",
@@ -63,6 +65,15 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    choices=[*QUANT_METHODS, "none"],
                    help="quantization methods to report on the pruned model (top-1 and bytes); "
                         f"any of {', '.join(QUANT_METHODS)}, or none (default: all)")
+    p.add_argument("--recipe-set", action="append", default=[], metavar="KEY=VALUE",
+                   dest="recipe_set",
+                   help="override a field of the gradual-pruning recipe (lr, batch_size, "
+                        "kd_alpha, val_fraction, ...) or an evolutionary parameter "
+                        "(evolution.beta=0.2, evolution.population_size=8, ...); VALUE is JSON "
+                        "(else a string); repeatable")
+    p.add_argument("--checkpoint", metavar="FILE",
+                   help="resumable fine-tuning state, saved every epoch; rerun with the same "
+                        "FILE to resume")
     p.set_defaults(func=run)
     return p
 
@@ -71,10 +82,31 @@ def run(args) -> int:
     from rich.console import Console
 
     from ..pipeline import optimize, print_summary
+    from ..prune import distributed
+
     console = Console(stderr=True)
-    result = _optimize(args, optimize, console)   # errors: one line, exit 2 (cli.main)
-    print_summary(result, Console())
+    try:
+        result = _optimize(args, optimize, console)   # errors: one line, exit 2 (cli.main)
+    finally:
+        distributed.cleanup()
+    if result.get("results_dir") is not None:  # rank 0 (or one process)
+        print_summary(result, Console())
     return 0
+
+
+def _overrides(items) -> dict:
+    import json
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--recipe-set expects KEY=VALUE, got {item!r}")
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
 
 
 def _optimize(args, optimize, console):
@@ -84,4 +116,5 @@ def _optimize(args, optimize, console):
                     onnx=args.onnx, export_onnx=args.export_onnx, out_dir=args.out,
                     tune=not args.no_tune, retune=args.retune, seed=args.seed, time_s=args.time_s,
                     quantize=[m for m in args.quantize if m != "none"],
-                    input_shape=args.input_shape, console=console)
+                    input_shape=args.input_shape, console=console,
+                    recipe_overrides=_overrides(args.recipe_set), checkpoint=args.checkpoint)

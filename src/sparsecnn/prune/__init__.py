@@ -9,8 +9,12 @@ prune_(model, method, amount, **kw)
     Dispatch by name (:data:`METHODS`).
 GradualPruner, agp_sparsity
     Cubic schedule of Zhu & Gupta 2017.
+EvolutionaryPruner, EvolutionConfig
+    Evolutionary pruning with rewinding (the seeds' GPU paper, Algorithm 1).
 train, evaluate, make_loader, TrainResult
-    SGD + momentum + cosine LR; top-1 accuracy.
+    SGD + momentum + cosine LR; top-1 accuracy; DDP under torch.distributed.
+distributed
+    Process group from torchrun's environment, sharded loaders, reduced metrics, mask checks.
 sensitivity_sweep
     Prune-one-layer accuracy curves.
 sparsity_of, total_sparsity, masks_of, apply_masks_, finalize_ (= remove_parametrizations)
@@ -21,7 +25,8 @@ recipes
 
 from __future__ import annotations
 
-from . import recipes
+from . import distributed, recipes
+from .evolutionary import EvolutionaryPruner, EvolutionConfig
 from .masks import (
     PRUNABLE,
     WeightMask,
@@ -99,6 +104,7 @@ def prune_(model, method: str, amount=None, **kw):
 __all__ = [
     "METHODS", "PRUNABLE", "WeightMask", "prune_", "magnitude_prune_", "nm_prune_", "nm_mask",
     "filter_prune_", "channel_prune_", "unified_prune_", "unified_mask", "GradualPruner",
+    "EvolutionaryPruner", "EvolutionConfig", "distributed",
     "agp_sparsity", "train", "evaluate", "make_loader", "TrainResult", "distillation_loss",
     "sensitivity_sweep", "sparsity_of", "total_sparsity", "masks_of", "apply_masks_",
     "set_mask_", "finalize_", "remove_parametrizations", "raw_weight", "select_layers",

@@ -32,14 +32,30 @@ PRUNABLE = (nn.Conv2d, nn.Linear)
 
 
 class WeightMask(nn.Module):
-    """Parametrization ``weight -> weight * mask`` with a fixed ``mask`` buffer (same dtype)."""
+    """Parametrization ``weight -> weight * mask`` with a fixed ``mask`` buffer (same dtype).
+
+    With ``track_grad = True`` the backward pass also adds the *dense* gradient
+    ``dL/d(weight * mask)`` -- nonzero at pruned positions too, unlike the gradient of the
+    trainable tensor, which the mask zeroes -- to ``dense_grad`` (a plain attribute, not saved;
+    reset it to None to start a new sum). Gradient-informed mask scores use it
+    (:mod:`sparsecnn.prune.evolutionary`).
+    """
 
     def __init__(self, mask: torch.Tensor):
         super().__init__()
         self.register_buffer("mask", mask)
+        self.track_grad = False
+        self.dense_grad: torch.Tensor | None = None
+
+    def _add_grad(self, grad: torch.Tensor) -> None:
+        g = grad.detach()
+        self.dense_grad = g.clone() if self.dense_grad is None else self.dense_grad.add_(g)
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        return weight * self.mask
+        out = weight * self.mask
+        if getattr(self, "track_grad", False) and out.requires_grad:
+            out.register_hook(self._add_grad)
+        return out
 
 
 # ------------------------------------------------------------------------------------------------

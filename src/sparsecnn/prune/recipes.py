@@ -1,4 +1,5 @@
-"""Ready-made pruning recipes: gradual (AGP) magnitude pruning with fine-tuning.
+"""Ready-made pruning recipes: gradual pruning with fine-tuning, AGP (magnitude or unified) or
+evolutionary (:mod:`sparsecnn.prune.evolutionary`).
 
 A :class:`Recipe` is plain data; :func:`run_recipe` executes it (resumable through a checkpoint,
 so a long recipe can run in slices) and returns the pruned model with its measured accuracy.
@@ -7,6 +8,8 @@ so a long recipe can run in slices) and returns the pruned model with its measur
   subset), conv layers pruned to 90 % (global magnitude) on the 4660-image training subset, with
   knowledge distillation from the dense model: 89.24 %.
 - :func:`resnet20_cifar_90_uniform`: the same with every conv layer at exactly 90 %: 88.65 %.
+- :func:`resnet20_cifar_evolutionary`: the same training, evolutionary pruning with rewinding
+  (validation on a held-out 10 % of the training subset).
 - :func:`smallcnn_digits`: the embedded default, a small CNN trained from scratch on 8x8 digits
   and pruned to 80 % (seconds on a laptop).
 
@@ -24,9 +27,14 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from . import distributed as D
+from .evolutionary import EvolutionaryPruner, EvolutionConfig
 from .masks import finalize_, sparsity_of, total_sparsity
 from .schedule import GradualPruner
 from .train import evaluate, make_loader, train
+
+#: Mask rules of :attr:`Recipe.method`.
+RECIPE_METHODS = ("magnitude", "unified", "evolutionary")
 
 
 @dataclass(frozen=True)
@@ -47,9 +55,11 @@ class Recipe:
         AGP target (``s_f``) for the pruned layers.
     scope : {"layer", "global"}
         Magnitude threshold per layer or over all pruned layers.
-    method : {"magnitude", "unified"}
-        Mask rule of :class:`~sparsecnn.prune.GradualPruner` (``"unified"``: every output channel
-        of a layer keeps the same nnz; needs ``scope="layer"``).
+    method : {"magnitude", "unified", "evolutionary"}
+        Mask rule: :class:`~sparsecnn.prune.GradualPruner` (AGP; ``"unified"``: every output
+        channel of a layer keeps the same nnz; needs ``scope="layer"``), or
+        :class:`~sparsecnn.prune.EvolutionaryPruner` (``scope`` unused; needs
+        ``val_fraction > 0``).
     prune_linear : bool
         Also prune Linear layers (False: conv layers only, the classifier stays dense).
     skip_first_conv : bool
@@ -65,6 +75,13 @@ class Recipe:
     augment : bool
         Random crop (pad 4) + horizontal flip (CIFAR only).
     seed : int
+    val_fraction : float
+        Share of the training set held out as the validation set (stratified by label, seeded
+        by ``seed``; the model never trains on it). The evolutionary selection sees only this
+        set, never the test set. 0: train on everything (AGP needs no validation set).
+    evolution : EvolutionConfig
+        Parameters of the evolutionary method (ignored by AGP); ``interval`` None = the AGP
+        pruning frequency (``steps_per_epoch // prunes_per_epoch``).
     """
 
     model: str
@@ -87,6 +104,8 @@ class Recipe:
     kd_temperature: float = 4.0
     augment: bool = True
     seed: int = 0
+    val_fraction: float = 0.0
+    evolution: EvolutionConfig = dataclasses.field(default_factory=EvolutionConfig)
 
     def replace(self, **changes) -> "Recipe":
         """A copy with some fields changed."""
@@ -123,6 +142,18 @@ def resnet20_cifar_90_uniform(**changes) -> Recipe:
     return resnet20_cifar_90(scope="layer").replace(**changes)
 
 
+def resnet20_cifar_evolutionary(**changes) -> Recipe:
+    """As :func:`resnet20_cifar_90` (40 epochs, distillation, crop + flip, the same cubic ramp of
+    the total sparsity over the first 60 % of the steps), but evolutionary pruning with
+    rewinding (:class:`~sparsecnn.prune.EvolutionaryPruner`, default
+    :class:`~sparsecnn.prune.EvolutionConfig`, one iteration per half epoch) and 10 % of the
+    4660-image training subset held out as the validation set the selection sees.
+
+    Keyword arguments override fields (``evolution=EvolutionConfig(...)`` for its parameters).
+    """
+    return resnet20_cifar_90(method="evolutionary", val_fraction=0.1).replace(**changes)
+
+
 def smallcnn_digits(**changes) -> Recipe:
     """SmallCNN trained from scratch on 8x8 digits, conv + linear pruned to 80 % (AGP between
     20 % and 60 % of 15 epochs, lr 0.02, batch 64). Runs in about 2 s on 2 threads; measured
@@ -136,7 +167,69 @@ def smallcnn_digits(**changes) -> Recipe:
 
 RECIPES = {"resnet20_cifar_90": resnet20_cifar_90,
            "resnet20_cifar_90_uniform": resnet20_cifar_90_uniform,
+           "resnet20_cifar_evolutionary": resnet20_cifar_evolutionary,
            "smallcnn_digits": smallcnn_digits}
+
+
+def apply_overrides(recipe: Recipe, overrides: dict) -> Recipe:
+    """A copy of ``recipe`` with ``{field: value}`` changed; ``"evolution.<field>"`` changes a
+    field of its :class:`~sparsecnn.prune.EvolutionConfig` (validated when the pruner is built).
+
+    Raises
+    ------
+    ValueError
+        For an unknown field (the message lists the known ones).
+    """
+    changes, evo = {}, {}
+    rfields = [f.name for f in dataclasses.fields(Recipe)]
+    efields = [f.name for f in dataclasses.fields(EvolutionConfig)]
+    for key, value in overrides.items():
+        if key.startswith("evolution."):
+            sub = key.split(".", 1)[1]
+            if sub not in efields:
+                raise ValueError(f"unknown evolution parameter {sub!r}; expected one of {efields}")
+            evo[sub] = value
+        elif key in rfields and key != "evolution":
+            changes[key] = value
+        else:
+            raise ValueError(f"unknown recipe field {key!r}; expected one of "
+                             f"{[f for f in rfields if f != 'evolution']} or evolution.<field> "
+                             f"with <field> in {efields}")
+    if evo:
+        changes["evolution"] = recipe.evolution.replace(**evo)
+    return recipe.replace(**changes)
+
+
+def split_validation(dataset, fraction: float, seed: int = 0):
+    """``(train, val)`` Subsets of ``dataset``: ``round(fraction * n)`` items held out,
+    stratified by label (each class contributes its share; seeded), the rest for training.
+
+    Raises ValueError if ``fraction`` is not in (0, 1) or leaves either part empty.
+    """
+    from torch.utils.data import Subset
+
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) \
+            or not 0.0 < fraction < 1.0:
+        raise ValueError(f"val_fraction must be in (0, 1), got {fraction!r}")
+    labels = _labels_of(dataset)
+    gen = torch.Generator().manual_seed(int(seed) * 31 + 5)
+    val_idx = []
+    for c in torch.unique(labels).tolist():
+        idx = torch.nonzero(labels == c, as_tuple=True)[0]
+        idx = idx[torch.randperm(idx.numel(), generator=gen)]
+        val_idx += idx[:int(round(fraction * idx.numel()))].tolist()
+    val_set = set(val_idx)
+    train_idx = [i for i in range(len(labels)) if i not in val_set]
+    if not val_idx or not train_idx:
+        raise ValueError(f"val_fraction {fraction} of {len(labels)} items leaves an empty split")
+    return Subset(dataset, train_idx), Subset(dataset, sorted(val_idx))
+
+
+def _labels_of(dataset) -> torch.Tensor:
+    tensors = getattr(dataset, "tensors", None)
+    if tensors is not None and len(tensors) >= 2:
+        return torch.as_tensor(tensors[1]).reshape(-1)
+    return torch.tensor([int(dataset[i][1]) for i in range(len(dataset))])
 
 
 def build_start_model(recipe: Recipe) -> nn.Module:
@@ -201,11 +294,22 @@ def run_recipe(
 
     from .. import data as data_mod
 
+    if recipe.method not in RECIPE_METHODS:
+        raise ValueError(f"recipe method must be one of {list(RECIPE_METHODS)}, got "
+                         f"{recipe.method!r}")
+    if recipe.method == "evolutionary" and not recipe.val_fraction > 0:
+        raise ValueError("the evolutionary method needs a validation set: set val_fraction > 0 "
+                         "(a held-out share of the training data)")
     if train_set is None or test_set is None:
         named_train, named_test, _ = data_mod.named_datasets(recipe.dataset)
         train_set = named_train if train_set is None else train_set
         test_set = named_test if test_set is None else test_set
-    train_loader = make_loader(train_set, recipe.batch_size, shuffle=True, seed=recipe.seed)
+    val_set = None
+    if recipe.val_fraction > 0:
+        train_set, val_set = split_validation(train_set, recipe.val_fraction, recipe.seed)
+    ctx = D.context()
+    train_loader = D.shard_train_loader(
+        make_loader(train_set, recipe.batch_size, shuffle=True, seed=recipe.seed), seed=recipe.seed)
     test_loader = make_loader(test_set, 512, shuffle=False)
     if model is None:
         model = build_start_model(recipe)
@@ -232,8 +336,16 @@ def run_recipe(
 
     layer_names = [n for n, _ in select_layers(model, skip_first_conv=recipe.skip_first_conv,
                                                types=types)]
-    pruner = GradualPruner(model, recipe.final_sparsity, start, end, freq, scope=recipe.scope,
-                           method=recipe.method, layers=layer_names)
+    if recipe.method == "evolutionary":
+        cfg = recipe.evolution
+        if cfg.interval is None:
+            cfg = cfg.replace(interval=freq)
+        pruner = EvolutionaryPruner(model, recipe.final_sparsity, start, end,
+                                    make_loader(val_set, 512, shuffle=False), config=cfg,
+                                    layers=layer_names, seed=recipe.seed)
+    else:
+        pruner = GradualPruner(model, recipe.final_sparsity, start, end, freq, scope=recipe.scope,
+                               method=recipe.method, layers=layer_names)
     augment = data_mod.random_crop_flip if recipe.augment and recipe.dataset != "digits" else None
     t0 = time.perf_counter()
     result = train(model, train_loader, recipe.epochs, recipe.lr, momentum=recipe.momentum,
@@ -243,12 +355,22 @@ def run_recipe(
                    eval_loader=test_loader if eval_each_epoch else None,
                    time_budget_s=time_budget_s, progress=progress,
                    description=f"{recipe.model} -> {recipe.final_sparsity:.0%}")
+    model.cpu()
     out = {"finished": result.finished, "model": model, "dense_top1": dense_top1,
            "history": result.history, "recipe": recipe, "layers": layer_names,
            "seconds": time.perf_counter() - t0,
            "schedule": {"start_step": start, "end_step": end, "total_steps": total,
                         "frequency": freq, "distillation": teacher is not None,
-                        "augment": augment is not None}}
+                        "augment": augment is not None},
+           "data": {"train": len(train_set), "val": 0 if val_set is None else len(val_set),
+                    "test": len(test_set)}}
+    if isinstance(pruner, EvolutionaryPruner):
+        out["evolution"] = pruner.summary()
+    if ctx.active:
+        digests = D.gather_object(D.mask_digests(model))
+        out["distributed"] = {**ctx.as_dict(), "per_rank_batch": train_loader.batch_size,
+                              "mask_digests": [{k: list(v) for k, v in d.items()} for d in digests],
+                              "masks_identical": all(d == digests[0] for d in digests)}
     if result.finished:
         finalize_(model)
         model.eval()

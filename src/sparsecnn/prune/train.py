@@ -1,5 +1,7 @@
 """A plain training loop (SGD with momentum, cosine learning rate per step) with optional gradual
-pruning, knowledge distillation from a dense teacher, checkpoint/resume and a rich progress bar.
+pruning (AGP or evolutionary), knowledge distillation from a dense teacher, checkpoint/resume, a
+rich progress bar, and torch.distributed (DDP) when a process group is initialised (see
+:mod:`sparsecnn.prune.distributed`).
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from .._atomic import atomic_path
-from .masks import apply_masks_, masks_of
+from . import distributed as D
+from .masks import _mask_param, apply_masks_, masks_of
 from .schedule import GradualPruner
 
 
@@ -118,6 +121,8 @@ def train(
     time_budget_s: float | None = None,
     progress: bool = True,
     description: str = "train",
+    device: str | torch.device | None = None,
+    sync_bn: str | bool = "auto",
 ) -> TrainResult:
     """Train ``model`` with SGD + momentum and a cosine learning rate (updated every step).
 
@@ -135,9 +140,10 @@ def train(
         steps (Loshchilov & Hutter 2017, SGDR without restarts).
     momentum, weight_decay, nesterov
         SGD settings (weight decay acts on the trainable tensors, masked weights stay zero).
-    pruner : GradualPruner, optional
-        Its :meth:`~GradualPruner.step` is called after every optimizer step. Build it before
-        calling ``train`` (it attaches the masks). Its ``end_step`` must fall within training.
+    pruner : GradualPruner or EvolutionaryPruner, optional
+        Its ``step()`` is called after every optimizer step (and ``bind(optimizer, log=...,
+        device=...)`` once before the first, if it has one). Build it before calling ``train``
+        (it attaches the masks). Its ``end_step`` must fall within training.
     teacher : torch.nn.Module, optional
         Dense teacher for knowledge distillation (kept in eval mode, no gradients); used when
         ``kd_alpha > 0``.
@@ -155,7 +161,26 @@ def train(
     time_budget_s : float, optional
         Stop after the epoch during which this many seconds passed (``finished=False``).
     progress : bool
-        Show a rich progress bar with loss, accuracy and sparsity.
+        Show a rich progress bar with loss, accuracy and sparsity (rank 0 only).
+    device : str or torch.device, optional
+        Where to train (the model, teacher and batches are moved there; the model stays there).
+        Default: the process group's device (``cuda:<local rank>`` with NCCL), else where the
+        model is.
+    sync_bn : {"auto", True, False}
+        Under DDP, convert BatchNorm to SyncBatchNorm for training (``"auto"``: on CUDA only)
+        and back afterwards.
+
+    Distributed training
+    --------------------
+    When a ``torch.distributed`` process group with more than one process is initialised
+    (``torchrun``; :func:`sparsecnn.prune.distributed.init_from_env`), the model is wrapped in
+    DistributedDataParallel, ``loader``'s dataset is sharded with a DistributedSampler (per-rank
+    batch = its batch size / world size, so the global batch and the step count stay those of
+    one process), ``eval_loader`` is split among ranks and the counts summed, losses and
+    accuracies in ``history`` are reduced over ranks, masks are re-applied after every step and
+    checked identical on all ranks (``RuntimeError`` otherwise), the checkpoint is written by
+    rank 0 only and read by rank 0 and broadcast, and the time budget stops every rank after
+    the same epoch.
 
     Returns
     -------
@@ -177,6 +202,11 @@ def train(
         raise ValueError("kd_alpha > 0 needs a teacher model")
     if not kd_temperature > 0:
         raise ValueError(f"kd_temperature must be > 0, got {kd_temperature!r}")
+    ctx = D.context()
+    if ctx.active:
+        loader = D.shard_train_loader(loader, seed=seed)
+        if eval_loader is not None:
+            eval_loader = D.shard_eval_loader(eval_loader)
     steps_per_epoch = len(loader)
     if steps_per_epoch == 0:
         raise ValueError("train: the loader yields no batches")
@@ -186,21 +216,48 @@ def train(
             f"pruner ends at step {pruner.end_step} but training has only {total_steps} steps "
             f"({epochs} epochs x {steps_per_epoch} batches)"
         )
+    if device is None:
+        device = ctx.device if ctx.active else next(model.parameters()).device
+    device = torch.device(device)
+    model.to(device)
+    if teacher is not None:
+        teacher.to(device)
 
     torch.manual_seed(seed)
+    net, converted = D.wrap_ddp(model, ctx, sync_bn=sync_bn) if ctx.active else (model, False)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay,
                           nesterov=nesterov and momentum > 0)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps, eta_min=min_lr)
+    show = progress and ctx.is_main
+    bar = None
+    if show:
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                   TimeElapsedColumn, TimeRemainingColumn)
+
+        bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                       TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
+                       transient=False)
+    if pruner is not None and hasattr(pruner, "bind"):
+        pruner.bind(opt, log=(bar.console.log if bar is not None else None), device=device)
     result = TrainResult()
     start_epoch = 0
     ckpt_path = Path(checkpoint) if checkpoint is not None else None
-    if ckpt_path is not None and ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    state = None
+    if ckpt_path is not None:
+        if ctx.is_main and ckpt_path.exists():
+            state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        state = D.broadcast_object(state)
+    if state is not None:
         if state.get("total_steps") != total_steps:
             raise ValueError(
                 f"checkpoint {ckpt_path} was made for {state.get('total_steps')} steps, this run "
                 f"has {total_steps}; use a new checkpoint path"
+            )
+        if state.get("world_size", 1) != ctx.world_size:
+            raise ValueError(
+                f"checkpoint {ckpt_path} was made with {state.get('world_size', 1)} processes, "
+                f"this run has {ctx.world_size}; resume with the same number"
             )
         apply_masks_(model, state["masks"])
         model.load_state_dict(state["model"])
@@ -212,16 +269,10 @@ def train(
         start_epoch = int(state["epoch"])
     if teacher is not None:
         teacher.eval()
+    masked = [(_mask_param(m), m) for m in model.modules() if _mask_param(m) is not None]
 
     t_start = time.perf_counter()
-    bar = None
-    if progress:
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                   TimeElapsedColumn, TimeRemainingColumn)
-
-        bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                       TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
-                       transient=False)
+    if bar is not None:
         bar.start()
         task = bar.add_task(description, total=total_steps, completed=start_epoch * steps_per_epoch,
                             info="")
@@ -230,13 +281,17 @@ def train(
             t_epoch = time.perf_counter()
             if isinstance(loader, DataLoader) and loader.generator is not None:
                 loader.generator.manual_seed(seed * 100_003 + epoch)
-            aug_gen = torch.Generator().manual_seed(seed * 100_003 + epoch + 7919)
+            if D.is_sharded(loader):
+                loader.sampler.set_epoch(epoch)
+            aug_gen = torch.Generator().manual_seed(seed * 100_003 + epoch + 7919 + 104_729 * ctx.rank)
             model.train()
             loss_sum, correct, seen = 0.0, 0, 0
             for x, y in loader:
+                if x.device != device:
+                    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                 if augment is not None:
                     x = augment(x, aug_gen)
-                logits = model(x)
+                logits = net(x)
                 if teacher is not None and kd_alpha > 0:
                     with torch.no_grad():
                         t_logits = teacher(x)
@@ -249,6 +304,12 @@ def train(
                 sched.step()
                 if pruner is not None:
                     pruner.step()
+                if masked:
+                    with torch.no_grad():  # re-apply: masked weights stay zero in storage
+                        for p, m in masked:
+                            m.parametrizations.weight.original.mul_(p.mask)
+                    if ctx.active:
+                        D.check_masks_identical(model)
                 loss_sum += float(loss.detach()) * y.numel()
                 correct += int((logits.argmax(1) == y).sum())
                 seen += int(y.numel())
@@ -256,6 +317,7 @@ def train(
                     sp = f" sparsity {pruner.current_sparsity:.3f}" if pruner is not None else ""
                     bar.update(task, advance=1, info=f"epoch {epoch + 1}/{epochs} loss "
                                f"{loss_sum / seen:.3f} acc {correct / seen:.3f}{sp}")
+            loss_sum, correct, seen = D.all_reduce_sum(loss_sum, correct, seen)
             row = {
                 "epoch": epoch + 1,
                 "lr": opt.param_groups[0]["lr"],
@@ -265,16 +327,17 @@ def train(
                 "seconds": time.perf_counter() - t_epoch,
             }
             if eval_loader is not None:
-                row["eval_acc"] = evaluate(model, eval_loader)
+                row["eval_acc"] = D.evaluate(model, eval_loader, device)
                 if bar is not None:
                     bar.console.log(f"epoch {epoch + 1}: loss {row['loss']:.3f} train "
                                     f"{row['train_acc']:.4f} eval {row['eval_acc']:.4f}")
             result.history.append(row)
             result.epochs_done = epoch + 1
-            if ckpt_path is not None:
+            if ckpt_path is not None and ctx.is_main:
                 _atomic_save({
                     "epoch": epoch + 1,
                     "total_steps": total_steps,
+                    "world_size": ctx.world_size,
                     "masks": masks_of(model),
                     "model": model.state_dict(),
                     "optimizer": opt.state_dict(),
@@ -282,14 +345,17 @@ def train(
                     "pruner": pruner.state_dict() if pruner is not None else None,
                     "history": result.history,
                 }, ckpt_path)
-            if (time_budget_s is not None and epoch + 1 < epochs
-                    and time.perf_counter() - t_start >= time_budget_s):
+            if time_budget_s is not None and epoch + 1 < epochs and D.any_rank(
+                    time.perf_counter() - t_start >= time_budget_s):
                 result.finished = False
                 break
         else:
             result.epochs_done = epochs
+        D.sync_buffers_(model)  # every rank ends with rank 0's BatchNorm statistics
     finally:
         if bar is not None:
             bar.stop()
+        if converted:
+            D.revert_sync_bn(model)
     result.seconds = time.perf_counter() - t_start
     return result
