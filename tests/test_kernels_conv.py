@@ -76,7 +76,7 @@ def _run(name, fmt, case, sparsity=0.9, *, bias=True, relu=False, weight=None, x
 
 
 @pytest.mark.parametrize("name, fmt, case, sparsity",
-                         kernel_grid("conv2d", CASES, SPARSITIES, ("3x3", "3x3-b8-odd")))
+                         kernel_grid("conv2d", CASES, SPARSITIES, ("3x3-b8-odd",)))
 def test_conv_grid(name, fmt, case, sparsity):
     _run(name, fmt, case, sparsity, bias=True, relu=False)
 

@@ -160,15 +160,16 @@ def test_linear_low_precision(dtype, batch):
 @pytest.mark.parametrize("unified", [True, False], ids=["unified", "csr"])
 def test_every_direct_autotune_config_is_correct(unified):
     """Each configuration of the direct kernel's autotuning space (sub-batch 1, 2, 4, 8 x
-    channel blocks 4, 16), launched explicitly: N=9 leaves a partial sub-batch, a 7x9 plane a
-    partial pixel tile, K=20 a partial channel block."""
+    channel blocks 4, 16), launched explicitly: N=3 leaves a partial sub-batch (for 2, 4, 8), a
+    7x9 plane a partial pixel tile, K=6 a partial channel block (small: the interpreter's cost
+    grows with the number of programs)."""
     from sparsecnn.kernels.triton import _direct_jit
 
     name = "triton_direct_unified" if unified else "triton_direct"
     gen = torch.Generator().manual_seed(4)
-    x = torch.randn(9, 5, 7, 9, generator=gen)
-    w = sparsecnn.to_sparse(sparse_weight((20, 5, 3, 3), 0.7, gen), _fmt(name))
-    b = torch.randn(20, generator=gen)
+    x = torch.randn(3, 3, 7, 9, generator=gen)
+    w = sparsecnn.to_sparse(sparse_weight((6, 3, 3, 3), 0.7, gen), _fmt(name))
+    b = torch.randn(6, generator=gen)
     ref = F.conv2d(x, w.to_dense(), b, 1, 1)
     _, problem, _, _ = conv2d_problem(x.to(DEVICE), w, b.to(DEVICE), 1, 1)
     op = prepared.prepare(registry.get("conv2d", name), w, problem).operand
@@ -182,7 +183,7 @@ def test_every_direct_autotune_config_is_correct(unified):
                                   config=cfg.kwargs)
         assert used == cfg.kwargs
         seen.add(cfg.kwargs["SUB_BATCH"])
-        torch.testing.assert_close(y.cpu(), ref, rtol=1e-5, atol=1e-6 * 45, msg=str(cfg.kwargs))
+        torch.testing.assert_close(y.cpu(), ref, rtol=1e-5, atol=1e-6 * 27, msg=str(cfg.kwargs))
     assert seen == {1, 2, 4, 8}
 
 
@@ -309,7 +310,7 @@ def test_gpu_bench_pipeline_on_cpu_tensors(tmp_path):
 
     t3 = LayerSpec("t3", "test", C=4, H=6, W=6, K=8, R=3, S=3, stride=1, pad=1)
     t1 = LayerSpec("t1", "test", C=8, H=6, W=6, K=8, R=1, S=1, stride=2, pad=0)
-    rows, skipped = gpu.sweep_gpu([t3, t1], [0.8, 0.9], [2], ["float32"], progress=False,
+    rows, skipped = gpu.sweep_gpu([t3, t1], [0.9], [2], ["float32"], progress=False,
                                   device="cpu", min_time=0.002, max_time=0.01)
     assert not skipped
     by = {(r["layer"], r["sparsity"], r["kernel"]): r for r in rows}

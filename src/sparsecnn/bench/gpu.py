@@ -31,7 +31,9 @@ Method (every row of one sweep comes from one process, on one CUDA GPU):
 4. Checks: ``max_abs_err`` against cuDNN in the same dtype; a row fails (``"MISMATCH"``) beyond
    ``rtol * max(1, max|y_cudnn|)`` with :data:`RTOL` per dtype.
 
-Rows carry ``dtype``, ``speedup`` (cuDNN ms / ms, same dtype) and ``speedup_vs_cusparse``;
+Rows carry ``h200_floor_ms``: the roofline floor of the provider's design on an H200
+(:func:`sparsecnn.bench.roofline.roofline`; cuDNN and the direct kernels), so a row on an H200
+reads as a fraction of its bound. Rows carry ``dtype``, ``speedup`` (cuDNN ms / ms, same dtype) and ``speedup_vs_cusparse``;
 :func:`break_even` gives the sparsity above which a provider beats cuDNN, per (layer, provider,
 dtype, batch); :func:`goals` checks the issue's two goals.
 """
@@ -49,6 +51,7 @@ from .. import functional, timing
 from ..formats import to_sparse
 from ..kernels import registry
 from ..problem import ConvProblem
+from .roofline import roofline
 from .core import (_as_spec, _break_even_one, _check_positive_int, _check_sparsity,
                    layer_input, pruned_weight, weight_format)
 
@@ -77,7 +80,7 @@ GPU_ROW_KEYS: tuple[str, ...] = (
     "layer", "model", "N", "C", "H", "W", "K", "R", "S", "stride", "pad", "OH", "OW", "dtype",
     "sparsity", "actual_sparsity", "nnz", "kernel", "format", "ms", "iqr_ms", "n_blocks",
     "calls_per_block", "n_dropped", "first_call_ms", "speedup", "speedup_vs_cusparse",
-    "useful_tflops", "dense_equiv_tflops", "bytes_weight", "max_abs_err", "config", "status",
+    "useful_tflops", "dense_equiv_tflops", "h200_floor_ms", "bytes_weight", "max_abs_err", "config", "status",
 )
 
 
@@ -345,6 +348,9 @@ def time_layer_gpu(spec, sparsity: float, batch: int, dtype: str = "float16", pr
                  for k, t in timing.measure(calls, warmup=1, min_time=min_time,
                                             max_time=max_time, min_blocks=3, first_call=False,
                                             estimates=estimates).items()}
+    rl = roofline(spec, batch, sparsity, dtype)
+    floors = {CUDNN: rl["dense_ms"], "triton_direct": rl["sparse_ms"],
+              "triton_direct_unified": rl["sparse_ms"]}
     cudnn_ms = stats[CUDNN]["ms"]
     cus_ms = stats.get(CUSPARSE, {}).get("ms", math.nan)
     for row in rows:
@@ -353,7 +359,8 @@ def time_layer_gpu(spec, sparsity: float, batch: int, dtype: str = "float16", pr
             continue
         t = st["ms"] / 1e3
         useful = 2 * row["nnz"] * spec.OH * spec.OW * batch
-        row.update(st, speedup=cudnn_ms / st["ms"], speedup_vs_cusparse=cus_ms / st["ms"],
+        row.update(st, h200_floor_ms=floors.get(row["kernel"], math.nan),
+                   speedup=cudnn_ms / st["ms"], speedup_vs_cusparse=cus_ms / st["ms"],
                    useful_tflops=useful / t / 1e12, dense_equiv_tflops=flops_dense / t / 1e12)
     del x, w, ref
     return [{k: row.get(k, math.nan) for k in GPU_ROW_KEYS} for row in rows]
