@@ -191,5 +191,10 @@ def run(args) -> int:
                   f"{h['measured']['dense_ms']:.3f} ms, sparse {h['measured']['sparse_ms']:.3f} ms "
                   f"({h['measured']['sparse_kernel']}), hybrid est. "
                   f"{h['estimate']['hybrid_ms']:.3f} ms, measured {h['measured']['hybrid_ms']:.3f} ms")
+            p = h.get("placement")
+            if p:
+                print(f"  heterogeneous (est., {p['gpu']}): {p['placement']}: "
+                      f"{p['heterogeneous_ms']:.3f} ms (GPU part {p['gpu_part_ms']:.3f}, CPU part "
+                      f"{p['cpu_part_ms']:.3f}); whole layer dense on the GPU {p['gpu_dense_ms']:.3f} ms")
     print(f"time: {total:.1f} s" + (f" ({bench_s:.1f} s of it the --bench benchmark)" if bench_s else ""))
     return 0
