@@ -8,6 +8,9 @@
 # Usage: bash scripts/gpu-bench.sh [RESULTS_DIR]     (default sparsecnn-results/gpu-<time>)
 # Writes into RESULTS_DIR: env.txt, tests-*.log, bench-*/ (bench.csv, bench.json, plots),
 # bench-*.log, summary.txt, and gpu-results.tar.gz holding all of them. Prints the folder first.
+# On a lent machine whose results come back through a folder of few files (this workplace's
+# device tool: 8 files), write elsewhere and copy the two that matter:
+#   bash scripts/gpu-bench.sh /tmp/gpu; cp /tmp/gpu/summary.txt /tmp/gpu/gpu-results.tar.gz "$OUT"/
 # Exit 0 when everything passed; 1 when a test or a benchmark check failed; 2 when no GPU.
 # Every step has a time limit, so the whole script ends in time even if one step hangs.
 set -uo pipefail
