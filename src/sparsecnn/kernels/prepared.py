@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections import OrderedDict
+from collections import OrderedDict, deque
 
 import numpy as np
 import torch
@@ -128,6 +128,10 @@ class PreparedCache:
         self._lock = threading.Lock()
         self._entries: OrderedDict = OrderedDict()
         self._by_weight: dict[int, set] = {}
+        # ids of weights that died, queued by their finalizers and dropped at the next locked
+        # access (_reap): a finalizer may run inside a locked section of this thread (the
+        # garbage collector runs at any allocation), so it must not take the lock itself
+        self._dead: deque = deque()
         self._nbytes = 0
         self.hits = self.misses = 0
 
@@ -137,6 +141,7 @@ class PreparedCache:
             return build(kernel, weight, problem)
         key = (id(weight), kernel.op, kernel.name, problem, _threads())
         with self._lock:
+            self._reap()  # before the lookup: a dead weight's id may be this one's now
             hit = self._entries.get(key)
             if hit is not None:
                 self._entries.move_to_end(key)
@@ -144,6 +149,7 @@ class PreparedCache:
                 return hit
         prep = build(kernel, weight, problem)  # outside the lock: may take milliseconds
         with self._lock:
+            self._reap()
             self.misses += 1
             old = self._entries.get(key)
             if old is not None:  # another thread won the race: keep one
@@ -151,7 +157,7 @@ class PreparedCache:
             wid = id(weight)
             if wid not in self._by_weight:
                 self._by_weight[wid] = set()
-                weakref.finalize(weight, self._forget_weight, wid)
+                weakref.finalize(weight, self._dead.append, wid)
             self._by_weight[wid].add(key)
             self._entries[key] = prep
             self._nbytes += prep.nbytes
@@ -167,8 +173,10 @@ class PreparedCache:
         if keys is not None:
             keys.discard(key)
 
-    def _forget_weight(self, wid: int) -> None:
-        with self._lock:
+    def _reap(self) -> None:
+        """Drop the entries of the weights that died (call with the lock held)."""
+        while self._dead:
+            wid = self._dead.popleft()
             for key in self._by_weight.pop(wid, ()):
                 prep = self._entries.pop(key, None)
                 if prep is not None:
@@ -177,6 +185,7 @@ class PreparedCache:
     def held(self, weight) -> list[Prepared]:
         """The prepared operands currently cached for ``weight``."""
         with self._lock:
+            self._reap()
             return [self._entries[k] for k in self._by_weight.get(id(weight), ())
                     if k in self._entries]
 
@@ -187,6 +196,7 @@ class PreparedCache:
     def clear(self) -> None:
         """Drop every entry."""
         with self._lock:
+            self._reap()
             self._entries.clear()
             for keys in self._by_weight.values():
                 keys.clear()
@@ -195,10 +205,14 @@ class PreparedCache:
     @property
     def nbytes(self) -> int:
         """Bytes of all cached operands."""
-        return self._nbytes
+        with self._lock:
+            self._reap()
+            return self._nbytes
 
     def __len__(self) -> int:
-        return len(self._entries)
+        with self._lock:
+            self._reap()
+            return len(self._entries)
 
 
 #: The process-wide cache.
