@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections import OrderedDict, deque
+from collections import OrderedDict
 
 import numpy as np
 import torch
@@ -125,13 +125,14 @@ class PreparedCache:
 
     def __init__(self, max_entries: int = MAX_ENTRIES, max_bytes: int = MAX_BYTES):
         self.max_entries, self.max_bytes = int(max_entries), int(max_bytes)
-        self._lock = threading.Lock()
+        # Re-entrant: a weight's finalizer (:meth:`_forget_weight`) takes the lock, and can run
+        # in a thread that holds it -- when the garbage collector, triggered by an allocation
+        # inside a locked block, frees a weight that was in a reference cycle. Evicted or
+        # cleared entries (the last reference to their weight: an entry holds it) are dropped
+        # after the lock is released, so their finalizers never run inside it.
+        self._lock = threading.RLock()
         self._entries: OrderedDict = OrderedDict()
         self._by_weight: dict[int, set] = {}
-        # ids of weights that died, queued by their finalizers and dropped at the next locked
-        # access (_reap): a finalizer may run inside a locked section of this thread (the
-        # garbage collector runs at any allocation), so it must not take the lock itself
-        self._dead: deque = deque()
         self._nbytes = 0
         self.hits = self.misses = 0
 
@@ -141,15 +142,14 @@ class PreparedCache:
             return build(kernel, weight, problem)
         key = (id(weight), kernel.op, kernel.name, problem, _threads())
         with self._lock:
-            self._reap()  # before the lookup: a dead weight's id may be this one's now
             hit = self._entries.get(key)
             if hit is not None:
                 self._entries.move_to_end(key)
                 self.hits += 1
                 return hit
         prep = build(kernel, weight, problem)  # outside the lock: may take milliseconds
+        evicted = []  # dropped when this returns, outside the lock
         with self._lock:
-            self._reap()
             self.misses += 1
             old = self._entries.get(key)
             if old is not None:  # another thread won the race: keep one
@@ -157,35 +157,37 @@ class PreparedCache:
             wid = id(weight)
             if wid not in self._by_weight:
                 self._by_weight[wid] = set()
-                weakref.finalize(weight, self._dead.append, wid)
+                weakref.finalize(weight, self._forget_weight, wid)
             self._by_weight[wid].add(key)
             self._entries[key] = prep
             self._nbytes += prep.nbytes
             while len(self._entries) > 1 and (len(self._entries) > self.max_entries
                                               or self._nbytes > self.max_bytes):
-                self._pop_oldest()
+                evicted.append(self._pop_oldest())
         return prep
 
-    def _pop_oldest(self) -> None:
+    def _pop_oldest(self) -> "Prepared":
+        """Remove the least recently used entry and return it (the caller drops it after
+        releasing the lock)."""
         key, prep = self._entries.popitem(last=False)
         self._nbytes -= prep.nbytes
         keys = self._by_weight.get(key[0])
         if keys is not None:
             keys.discard(key)
+        return prep
 
-    def _reap(self) -> None:
-        """Drop the entries of the weights that died (call with the lock held)."""
-        while self._dead:
-            wid = self._dead.popleft()
+    def _forget_weight(self, wid: int) -> None:
+        dropped = []
+        with self._lock:
             for key in self._by_weight.pop(wid, ()):
                 prep = self._entries.pop(key, None)
                 if prep is not None:
                     self._nbytes -= prep.nbytes
+                    dropped.append(prep)
 
     def held(self, weight) -> list[Prepared]:
         """The prepared operands currently cached for ``weight``."""
         with self._lock:
-            self._reap()
             return [self._entries[k] for k in self._by_weight.get(id(weight), ())
                     if k in self._entries]
 
@@ -196,23 +198,19 @@ class PreparedCache:
     def clear(self) -> None:
         """Drop every entry."""
         with self._lock:
-            self._reap()
-            self._entries.clear()
+            dropped, self._entries = self._entries, OrderedDict()
             for keys in self._by_weight.values():
                 keys.clear()
             self._nbytes = 0
+        dropped.clear()  # outside the lock: may run the weights' finalizers
 
     @property
     def nbytes(self) -> int:
         """Bytes of all cached operands."""
-        with self._lock:
-            self._reap()
-            return self._nbytes
+        return self._nbytes
 
     def __len__(self) -> int:
-        with self._lock:
-            self._reap()
-            return len(self._entries)
+        return len(self._entries)
 
 
 #: The process-wide cache.
