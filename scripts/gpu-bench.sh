@@ -6,7 +6,7 @@
 # $TRITON_CACHE_DIR, default .triton-cache/ here: a second run finds them warm).
 #
 # Usage: bash scripts/gpu-bench.sh [RESULTS_DIR]     (default sparsecnn-results/gpu-<time>)
-# Writes into RESULTS_DIR: env.txt, tests-*.log, bench-*/ (bench.csv, bench.json, plots),
+# Writes into RESULTS_DIR: env.txt, tests-*.log, bench-<part>/bench-gpu-*/ (bench.csv, bench.json, plots),
 # bench-*.log, summary.txt, and gpu-results.tar.gz holding all of them. Prints the folder first.
 # On a lent machine whose results come back through a folder of few files (this workplace's
 # device tool: 8 files), write elsewhere and copy the two that matter:

@@ -212,7 +212,7 @@ def run_gpu(args) -> int:
     from ..bench.core import _check_positive_int, _check_sparsity
     from ..bench.gpu import RTOL, cuda_unavailable, resolve_providers, sweep_gpu
     from ..bench.gpu_output import gpu_machine_info, render_gpu_tables, write_gpu_results
-    from ..bench.output import default_out_dir
+    from ..results import check_parent, new_folder, writing_under
 
     console = Console(width=None if sys.stdout.isatty() else 200)
     why = cuda_unavailable()
@@ -232,9 +232,10 @@ def run_gpu(args) -> int:
             raise ValueError(f"--time-budget must be > 0, got {args.time_budget}")
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    out = default_out_dir() if args.out is None else Path(args.out)
-    if out.exists():
-        raise UsageError(f"results folder {out} already exists; choose another --out")
+    try:
+        parent = check_parent(args.out)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     meta = {"benchmark": {"device": "cuda", "layers": [s.as_dict() for s in specs],
                           "providers": providers, "sparsities": sparsities, "batches": batches,
                           "dtypes": list(args.dtype), "seed": args.seed,
@@ -250,7 +251,10 @@ def run_gpu(args) -> int:
                    len({(r["layer"], r["N"], r["dtype"], r["sparsity"]) for r in rows}),
                    "cases_skipped_by_time_budget": len(skipped)}
     render_gpu_tables(rows, meta, console)
-    path = write_gpu_results(rows, meta, out, plot=not args.no_plot, skipped=skipped)
+    name = "layers" if args.layers else f"gpu-{args.suite}"
+    with writing_under(parent):
+        path = write_gpu_results(rows, meta, new_folder(parent, "bench", name),
+                                 plot=not args.no_plot, skipped=skipped)
     files = ", ".join(sorted(p.name for p in path.iterdir()))
     console.print(f"results: {path}/ ({files}); sweep took {meta['run']['elapsed_s']:.0f} s")
     if skipped:
