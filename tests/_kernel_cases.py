@@ -11,12 +11,44 @@ from sparsecnn.kernels import registry
 from sparsecnn.prune.masks import nm_mask
 
 SPARSITIES = (0.0, 0.5, 0.9, 0.99, 0.999)
+#: The sparsity at which a kernel that runs emulated on its test device (a Triton kernel in
+#: Triton's interpreter, ~0.1-2 s a call) runs every geometry of a grid; see :func:`kernel_grid`.
+EMULATED_SPARSITY = 0.9
+
+
+def device_for(kernel) -> str:
+    """The device a kernel is tested on: ``"cpu"`` if it runs there (natively or emulated, as
+    Triton kernels under ``TRITON_INTERPRET=1``), else ``"cuda"`` (a GPU-only kernel on a machine
+    with a GPU)."""
+    return "cpu" if "cpu" in kernel.devices else "cuda"
+
+
+def kernel_grid(op: str, cases, sparsities, full_sparsity_cases) -> list:
+    """``pytest.param(kernel_name, format_name, case, sparsity)`` for the registry-driven grid.
+
+    Every kernel of ``op`` x every format it accepts (:func:`kernel_formats`) x ``cases`` x
+    ``sparsities``; except that a kernel running *emulated* on its test device (Triton's
+    interpreter) gets a reduced grid: every case at :data:`EMULATED_SPARSITY`, and every sparsity
+    on the cases of ``full_sparsity_cases`` (ids). The test ids say which is which."""
+    out = []
+    for p in kernel_formats(op):
+        name, fmt = p.values
+        kernel = registry.get(op, name)
+        reduced = kernel.is_emulated(device_for(kernel))
+        for case in cases:
+            for sp in sparsities:
+                if reduced and sp != EMULATED_SPARSITY and case[0] not in full_sparsity_cases:
+                    continue
+                out.append(pytest.param(name, fmt, case, sp, marks=p.marks,
+                                        id=f"{name}-{fmt}-{case[0]}-{sp}"))
+    return out
 
 
 def kernel_formats(op: str) -> list:
     """``pytest.param(kernel_name, format_name)`` for every registered kernel of ``op`` and every
     format it accepts (``"dense"`` or a key of :data:`sparsecnn.formats.FORMATS`, by family).
-    A kernel that cannot run on this target (a missing ISA feature) is skipped, with the reason."""
+    A kernel that cannot run on this target (a missing ISA feature, no device: a Triton kernel
+    without a GPU or the interpreter) is skipped, with the reason."""
     out = []
     for kernel in registry.kernels(op):
         why = kernel.unavailable()

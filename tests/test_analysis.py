@@ -170,6 +170,34 @@ def test_hybrid_estimate_cost_model():
     assert est["hybrid_ms"] == pytest.approx(est["hybrid_dense_part_ms"] + est["hybrid_sparse_part_ms"])
 
 
+def test_heterogeneous_estimate_places_blocks_on_the_gpu():
+    """Dense blocks on the GPU (link + tensor-core floor), sparse rest on the CPU, concurrent."""
+    from sparsecnn.bench.roofline import GPUSpec
+
+    gpu = GPUSpec("toy", 1.0, {"float32": 1.0}, 1.0, 1, 1.0)  # 1 TFLOP/s TF32
+    blocks = {"block_elements": 2 * 3 * 9, "nnz": 600, "block_nnz": 50,
+              "blocks": [{"rows": np.array([0, 1]), "cols": np.array([2, 3, 4])}],
+              "row_order": np.arange(8), "col_order": np.arange(6)}
+    rates = {"output_pixels": 1000, "dense_gflops": 100.0, "sparse_useful_gflops": 10.0,
+             "dense_ms": 2 * 8 * 6 * 9 * 1000 / 100e6, "sparse_ms": 0.5}
+    p = A.heterogeneous_estimate(blocks, rates, input_pixels=1200, gpu=gpu, link_gbps=1.0)
+    assert p["to_gpu_ms"] == pytest.approx(3 * 1200 * 4 / 1e6)      # 3 input channels, fp32
+    assert p["from_gpu_ms"] == pytest.approx(2 * 1000 * 4 / 1e6)    # 2 output channels
+    assert p["gpu_compute_ms"] == pytest.approx(2 * 54 * 1000 / 1e9)
+    assert p["gpu_part_ms"] == pytest.approx(p["to_gpu_ms"] + p["gpu_compute_ms"] + p["from_gpu_ms"])
+    assert p["cpu_part_ms"] == pytest.approx(2 * 550 * 1000 / 10e6)
+    assert p["heterogeneous_ms"] == max(p["gpu_part_ms"], p["cpu_part_ms"])
+    # the whole layer (K=8, C=6, 3x3) dense on the GPU: all channels over the link
+    assert p["gpu_dense_ms"] == pytest.approx((6 * 1200 + 8 * 1000) * 4 / 1e6
+                                              + 2 * 8 * 6 * 9 * 1000 / 1e9)
+    assert "1 dense block(s) (2 output x 3 input channels)" in p["placement"]
+    none = A.heterogeneous_estimate(dict(blocks, blocks=[], block_elements=0, block_nnz=0),
+                                    rates, 1200, gpu=gpu, link_gbps=1.0)
+    assert none["gpu_part_ms"] == 0 and none["heterogeneous_ms"] == none["cpu_part_ms"]
+    with pytest.raises(ValueError, match="link_gbps"):
+        A.heterogeneous_estimate(blocks, rates, 1200, link_gbps=0)
+
+
 def test_measure_hybrid_matches_full_conv():
     w, _, _ = _planted(2)
     res = A.dense_blocks(w, threshold=0.5, tile=(16, 16))

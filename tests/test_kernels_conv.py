@@ -4,6 +4,9 @@ Driven by the registry: each kernel registered for ``conv2d`` (dense, direct, im
 runs the whole grid with each weight format it accepts that exists in
 :data:`sparsecnn.formats.FORMATS`. A kernel is skipped only for a problem its ``supports`` rejects
 (with the reason shown). Tolerances: rtol 1e-5, atol 1e-6 * fan-in (``_kernel_cases.tolerances``).
+Each kernel runs on its test device (``_kernel_cases.device_for``: the CPU, emulated for Triton
+kernels under ``TRITON_INTERPRET=1``, else CUDA); kernels run emulated get a reduced grid
+(``_kernel_cases.kernel_grid``).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from sparsecnn.kernels import registry
 from sparsecnn.kernels.cpu import _common, im2col_spmm
 
 from _kernel_cases import (ACT_PATTERNS, SPARSITIES, activation_input, build_weight,
-                           kernel_formats, sparse_weight, tolerances)
+                           device_for, kernel_formats, kernel_grid, sparse_weight, tolerances)
 
 KERNEL_FORMATS = kernel_formats("conv2d")
 
@@ -62,18 +65,21 @@ def _run(name, fmt, case, sparsity=0.9, *, bias=True, relu=False, weight=None, x
     why = kernel.why_not(problem, wk)  # e.g. hybrid: a weight without a dense block
     if why is not None:
         pytest.skip(why)
-    y = sparsecnn.conv2d(x, wk, b, stride, padding, dilation, groups, algo=name, relu=relu)
+    dev = device_for(kernel)
+    xd, bd = x.to(dev), (b.to(dev) if b is not None else None)
+    wd = wk.to(dev) if isinstance(wk, torch.Tensor) else wk
+    y = sparsecnn.conv2d(xd, wd, bd, stride, padding, dilation, groups, algo=name, relu=relu)
     ref = F.conv2d(x, wref, b, stride, padding, dilation, groups)
     if relu:
         ref = F.relu(ref)
-    assert y.dtype == torch.float32 and y.shape == ref.shape
+    assert y.dtype == torch.float32 and y.shape == ref.shape and y.device.type == dev
+    y = y.cpu()
     torch.testing.assert_close(y, ref, **tolerances(c // groups * r * s))
     return y
 
 
-@pytest.mark.parametrize("sparsity", SPARSITIES)
-@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
-@pytest.mark.parametrize("name, fmt", KERNEL_FORMATS)
+@pytest.mark.parametrize("name, fmt, case, sparsity",
+                         kernel_grid("conv2d", CASES, SPARSITIES, ("3x3-b8-odd",)))
 def test_conv_grid(name, fmt, case, sparsity):
     _run(name, fmt, case, sparsity, bias=True, relu=False)
 

@@ -1,7 +1,8 @@
 """Correctness of every registered linear kernel against ``torch.nn.functional.linear``.
 
 Driven by the registry like ``test_kernels_conv.py``: each kernel registered for ``linear``
-(dense, spmv, spmm, ...) with each weight format it accepts that exists. Tolerances: rtol 1e-5,
+(dense, spmv, spmm, ...) with each weight format it accepts that exists, on its test device,
+emulated kernels (Triton's interpreter) on a reduced grid. Tolerances: rtol 1e-5,
 atol 1e-6 * in_features.
 """
 
@@ -15,7 +16,8 @@ import sparsecnn
 from sparsecnn.functional import linear_problem
 from sparsecnn.kernels import registry
 
-from _kernel_cases import SPARSITIES, build_weight, kernel_formats, sparse_weight, tolerances
+from _kernel_cases import (SPARSITIES, build_weight, kernel_formats, kernel_grid, sparse_weight,
+                           device_for, tolerances)
 
 KERNEL_FORMATS = kernel_formats("linear")
 
@@ -44,18 +46,20 @@ def _run(name, fmt, x_shape, in_f, out_f, sparsity=0.9, *, bias=True, relu=False
     _, problem, _, _ = linear_problem(x, wk, b, relu)
     if kernel.supports is not None and not kernel.supports(problem):
         pytest.skip(f"{name} does not support {problem.key()}")
-    y = sparsecnn.linear(x, wk, b, algo=name, relu=relu)
+    dev = device_for(kernel)
+    wd = wk.to(dev) if isinstance(wk, torch.Tensor) else wk
+    y = sparsecnn.linear(x.to(dev), wd, b.to(dev) if b is not None else None, algo=name, relu=relu)
     ref = F.linear(x, wref, b)
     if relu:
         ref = F.relu(ref)
-    assert y.dtype == torch.float32 and y.shape == ref.shape
+    assert y.dtype == torch.float32 and y.shape == ref.shape and y.device.type == dev
+    y = y.cpu()
     torch.testing.assert_close(y, ref, **tolerances(in_f))
     return y
 
 
-@pytest.mark.parametrize("sparsity", SPARSITIES)
-@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
-@pytest.mark.parametrize("name, fmt", KERNEL_FORMATS)
+@pytest.mark.parametrize("name, fmt, case, sparsity",
+                         kernel_grid("linear", CASES, SPARSITIES, ("b3-odd",)))
 def test_linear_grid(name, fmt, case, sparsity):
     _, batch, in_f, out_f = case
     _run(name, fmt, (batch, in_f), in_f, out_f, sparsity)

@@ -68,6 +68,15 @@ def test_folder_contents(report_dir):
     assert int(rows[-1]["nnz"]) == sum(int(r["nnz"]) for r in rows[:-1])
     assert payload["meta"]["weights"] == "synthetic"
     assert payload["summary"][1]["nnz"] == int((d["weights"]["2"] != 0).sum())
+    # the hybrid plan's heterogeneous placement (dense blocks on a GPU, rest on the CPU)
+    with open(out / "hybrid.csv") as f:
+        hyb = [r for r in csv.DictReader(f) if not r["unavailable"]]
+    for r in hyb:
+        assert r["placement"] and float(r["heterogeneous_ms"]) >= float(r["cpu_part_ms"])
+        assert float(r["gpu_dense_ms"]) > 0
+    assert bool(hyb) == any("unavailable" not in h for h in d["hybrid"].values())
+    if hyb:
+        assert "GPU + CPU est. ms" in (out / "index.html").read_text()
 
 
 def test_encodings_table_and_page(report_dir):

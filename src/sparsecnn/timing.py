@@ -8,6 +8,8 @@ figure sparsecnn prints was measured the same way:
    per-weight preparation; reported apart, never part of a median), then ``warmup`` more calls.
 2. Each callable gets a :class:`torch.utils.benchmark.Timer` (which synchronises CUDA when a GPU
    is present) and a block size (calls per timed block, about ``min_time / 20`` of work).
+   Every other clock read here (first calls, block sizing) is preceded by :func:`synchronize`,
+   so GPU kernels are timed to their completion, not to their launch.
 3. Rounds time one block of every callable in turn, the order reversed every other round, each
    block preceded by one untimed call (a thread pool that slept while another callable ran
    wakes up outside the timed region: PyTorch's OpenMP and Numba's pools otherwise steal each
@@ -148,6 +150,22 @@ def _tick_aligned(per_call_s: np.ndarray, calls: int, median_s: float) -> int:
 
 # ---------------------------------------------------------------------------------------------
 # measuring
+def synchronize() -> None:
+    """Wait for queued GPU work (``torch.cuda.synchronize()`` once CUDA is in use; nothing
+    otherwise): call it before reading a clock around code that may launch GPU kernels."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
+def time_call(fn: Callable[[], object]) -> tuple[object, float]:
+    """``(fn(), seconds)``: one call timed to the completion of the GPU work it queued."""
+    synchronize()
+    t0 = time.perf_counter()
+    out = fn()
+    synchronize()
+    return out, time.perf_counter() - t0
+
+
 def _robust(times: list[float], calls: int) -> tuple[float, float, int, int]:
     t = np.asarray(times, dtype=np.float64)
     if t.size >= 4:
@@ -193,9 +211,7 @@ def measure(fns: dict[str, Callable[[], object]], *, num_threads: int | None = N
         first: dict[str, float | None] = dict.fromkeys(fns)
         for name, fn in fns.items():
             if first_call:
-                t0 = time.perf_counter()
-                fn()
-                first[name] = (time.perf_counter() - t0) * 1e3
+                first[name] = time_call(fn)[1] * 1e3
             for _ in range(warmup):
                 fn()
         nt = torch.get_num_threads()
@@ -244,4 +260,4 @@ def cpu_budget() -> int:
 
 
 __all__ = ["Timing", "measure", "threads", "runnable_others", "other_runnable", "cpu_budget",
-           "TICK_S"]
+           "synchronize", "time_call", "TICK_S"]

@@ -20,7 +20,7 @@ Rendering lives in :mod:`sparsecnn.report` (Distiller's split of compute and ren
 """
 
 from .balance import load_balance, naive_boundaries
-from .blocks import dense_blocks, hybrid_estimate, measure_hybrid, measure_rates, split_weight
+from .blocks import dense_blocks, heterogeneous_estimate, hybrid_estimate, measure_hybrid, measure_rates, split_weight
 from .breakeven import break_even_curves, speedup_series
 from .model import analyse_model, conv_modules, resolve_layers
 from .activations import activation_structure, dead_channel_work, zero_structure
@@ -31,7 +31,7 @@ from .sweep import accuracy_evaluator, threshold_sweep
 
 __all__ = [
     "layer_sparsity", "model_sparsity", "format_bytes", "density_profile", "load_balance",
-    "naive_boundaries", "dense_blocks", "split_weight", "measure_rates", "hybrid_estimate",
+    "naive_boundaries", "dense_blocks", "split_weight", "measure_rates", "hybrid_estimate", "heterogeneous_estimate",
     "measure_hybrid", "threshold_sweep", "accuracy_evaluator", "break_even_curves", "speedup_series",
     "activation_nonzero_counts", "capture_activation_counts", "ineffectual_work",
     "analyse_model", "conv_modules", "resolve_layers", "zero_structure", "activation_structure",

@@ -297,3 +297,89 @@ def measure_hybrid(weight, blocks: dict, x: torch.Tensor, stride=(1, 1), padding
             "sparse_useful_gflops": 2 * ws_all.nnz * pix / (ms["sparse"] * 1e6),
             "output_pixels": pix, "max_abs_err": err, "matches": ok, "sparse_kernel": kname,
             "nblocks": len(parts), "format": format}
+
+
+#: Host <-> GPU link assumed by :func:`heterogeneous_estimate`: PCIe 5.0 x16, ~64 GB/s per
+#: direction (an H200 NVL / SXM board in an x86 host; a GH200's NVLink-C2C would be ~450).
+PCIE5_X16_GBPS = 64.0
+
+
+def heterogeneous_estimate(blocks: dict, rates: dict, input_pixels: int, gpu=None,
+                           link_gbps: float = PCIE5_X16_GBPS, dtype: str = "float32") -> dict:
+    """Place the hybrid plan's parts on two devices: the dense blocks on a GPU, the sparse rest
+    on the CPU (the seeds' heterogeneous case study), estimated.
+
+    Model, stated (every term a bound: real kernels are slower): the input and output live on
+    the host. The GPU part copies the blocks' input channels over the link, runs the blocks as
+    dense convolutions at the GPU's tensor-core rate (:class:`sparsecnn.bench.roofline.GPUSpec`,
+    TF32 for fp32) and copies the blocks' output channels back; the CPU part runs the nonzeros
+    outside the blocks at the measured sparse rate (:func:`hybrid_estimate`'s sparse part). The
+    two run concurrently, so the layer takes the longer of them (the final add of the blocks'
+    outputs is left out). For comparison, ``gpu_dense_ms``: the whole layer dense on the GPU,
+    whole input there and whole output back.
+
+    Parameters
+    ----------
+    blocks : dict
+        :func:`dense_blocks`.
+    rates : dict
+        :func:`measure_rates` or :func:`measure_hybrid` (``output_pixels`` = N OH OW, the
+        measured ``dense_ms``, ``sparse_ms``, rates).
+    input_pixels : int
+        N H W of the layer's input.
+    gpu : GPUSpec or None
+        Default :data:`sparsecnn.bench.roofline.H200`.
+    link_gbps : float
+        Host <-> GPU bandwidth per direction, GB/s.
+    dtype : str
+        Activation dtype on the link and the GPU (``float32``: 4 bytes, TF32 tensor cores).
+
+    Returns
+    -------
+    dict
+        ``placement`` (a sentence), ``gpu`` (its name), ``to_gpu_ms``, ``gpu_compute_ms``,
+        ``from_gpu_ms``, ``gpu_part_ms`` (their sum), ``cpu_part_ms``, ``heterogeneous_ms``
+        (max of the two parts), ``gpu_dense_ms``, ``cpu_hybrid_ms`` (:func:`hybrid_estimate`'s
+        all-CPU hybrid), ``speedup_vs_cpu_sparse`` (measured ``sparse_ms`` / heterogeneous).
+
+    Raises
+    ------
+    ValueError
+        If ``link_gbps`` is not positive or ``dtype`` unknown.
+    """
+    from ..bench.roofline import H200, _elem
+
+    gpu = H200 if gpu is None else gpu
+    if not float(link_gbps) > 0:
+        raise ValueError(f"link_gbps must be > 0, got {link_gbps!r}")
+    e = _elem(dtype)
+    tflops = gpu.tensor_tflops[dtype]
+    pix_out = rates["output_pixels"]
+    est = hybrid_estimate(blocks, rates)
+    link = float(link_gbps) * 1e6  # bytes per ms
+    bl = blocks["blocks"]
+    cols = np.unique(np.concatenate([b["cols"] for b in bl])) if bl else np.zeros(0, np.int64)
+    rows = np.unique(np.concatenate([b["rows"] for b in bl])) if bl else np.zeros(0, np.int64)
+    to_gpu = cols.size * input_pixels * e / link
+    from_gpu = rows.size * pix_out * e / link
+    compute = 2 * blocks["block_elements"] * pix_out / (tflops * 1e9)
+    gpu_part = to_gpu + compute + from_gpu if bl else 0.0
+    cpu_part = est["hybrid_sparse_part_ms"]
+    het = max(gpu_part, cpu_part)
+    # whole layer dense on the GPU; K C R S (MACs per output pixel) recovered from the rates
+    # (dense_gflops = 2 K C R S pixels / dense time)
+    macs_per_pixel = rates["dense_gflops"] * 1e6 * rates["dense_ms"] / 2 / pix_out
+    c_in = blocks["col_order"].size
+    k_all = blocks["row_order"].size
+    gpu_dense = ((c_in * input_pixels + k_all * pix_out) * e / link
+                 + 2 * macs_per_pixel * pix_out / (tflops * 1e9))
+    return {
+        "placement": (f"{len(bl)} dense block(s) ({rows.size} output x {cols.size} input "
+                      f"channels) on the GPU, the sparse rest on the CPU" if bl else
+                      "no dense block: everything on the CPU (sparse)"),
+        "gpu": gpu.name, "link_gbps": float(link_gbps), "to_gpu_ms": to_gpu if bl else 0.0,
+        "gpu_compute_ms": compute, "from_gpu_ms": from_gpu if bl else 0.0,
+        "gpu_part_ms": gpu_part, "cpu_part_ms": cpu_part, "heterogeneous_ms": het,
+        "gpu_dense_ms": gpu_dense, "cpu_hybrid_ms": est["hybrid_ms"],
+        "speedup_vs_cpu_sparse": rates["sparse_ms"] / het if het else float("inf"),
+    }

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from .balance import load_balance
-from .blocks import dense_blocks, hybrid_estimate, measure_hybrid
+from .blocks import dense_blocks, heterogeneous_estimate, hybrid_estimate, measure_hybrid
 from .breakeven import break_even_curves
 from .encodings import model_index_encodings
 from .ineffectual import capture_activation_counts, ineffectual_work
@@ -197,6 +197,9 @@ def analyse_model(model: torch.nn.Module, layers=None, *, inputs: torch.Tensor |
                                           g["dilation"], format=format, repeats=repeats)
                     est = hybrid_estimate(out["blocks"][n], meas)
                     out["hybrid"][n] = {"rates": meas, "estimate": est, "measured": meas}
+                    # the heterogeneous placement (dense blocks on a GPU, rest on the CPU)
+                    out["hybrid"][n]["placement"] = heterogeneous_estimate(
+                        out["blocks"][n], meas, x.shape[0] * x.shape[2] * x.shape[3])
                 except ValueError as exc:  # no sparse kernel registered for the format, ...
                     out["hybrid"][n] = {"unavailable": str(exc)}
             adv()

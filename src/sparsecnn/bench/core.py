@@ -24,7 +24,6 @@ Torch and Numba thread counts are set explicitly for the duration of each measur
 from __future__ import annotations
 
 import math
-import time
 import zlib
 from collections import defaultdict
 from numbers import Integral, Real
@@ -117,15 +116,18 @@ def dense_isa() -> str:
     return f"torch:{str(cap).lower()}"
 
 
-def sparse_kernel_names() -> list[str]:
-    """The conv2d kernels benchmarked by default: every registered one that accepts ``"csr"``.
+def sparse_kernel_names(device: str = "cpu") -> list[str]:
+    """The conv2d kernels benchmarked by default on ``device``: every registered one that
+    accepts ``"csr"``, runs here and runs natively on ``device`` (not emulated: Triton kernels
+    under the interpreter are not CPU kernels).
 
     Kernels registered for other sparse formats only are not in the default list but can be named
     explicitly (their weight is built with the first of their formats that
     :func:`sparsecnn.to_sparse` knows).
     """
     return [k.name for k in registry.kernels("conv2d")
-            if k.name != DENSE and k.accepts("csr") and k.unavailable() is None]
+            if k.name != DENSE and k.accepts("csr") and k.unavailable() is None
+            and device in k.devices and not k.is_emulated(device)]
 
 
 def resolve_kernels(kernels=None) -> list[str]:
@@ -320,12 +322,9 @@ def time_layer(spec, sparsity: float, batch: int, kernels=None, threads: int = D
                 def call(x=x, ws=ws, name=name):
                     return functional.conv2d(x, ws, None, stride, pad, algo=name)
             try:
-                t0 = time.perf_counter()
-                y = call()
-                first_ms = (time.perf_counter() - t0) * 1e3
-                t0 = time.perf_counter()
-                call()
-                estimates[name] = time.perf_counter() - t0
+                y, first_s = timing.time_call(call)
+                first_ms = first_s * 1e3
+                estimates[name] = timing.time_call(call)[1]
             except Exception as exc:  # a broken kernel is reported in its row, not fatal
                 if name == DENSE:
                     raise

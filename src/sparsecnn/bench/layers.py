@@ -12,7 +12,8 @@ Sources
   ``docs/anchors.md``.
 - VGG-16 (Simonyan & Zisserman 2015): the distinct 3x3 conv shapes of the seeds' GPU paper
   (``seeds/003``, section 8 / table 9, written there as ``CxHxWxK``), 64x224x224x64 down to
-  512x14x14x512. The paper's own first layer (3x224x224x64) is left out, as in its table 9.
+  512x14x14x512 (suite ``vgg16``); its first layer 3x224x224x64 too in ``vgg16-full`` (the
+  GPU benchmark's table, 3x224x224x64 ... 512x14x14x512).
 - ResNet-50 (He et al. 2016, torchvision v1.5 layout): the 1x1 reduce/expand convolutions of each
   stage and the stride-2 1x1 projection shortcuts ("downsample").
 - ResNet-20 for CIFAR-10 (He et al. 2016, section 4.2): the 3x3 convolutions of its three stages
@@ -108,6 +109,7 @@ _TABLE: tuple[tuple, ...] = (
     ("alexnet-conv4", "alexnet", 384, 13, 13, 256, 3, 3, 1, 1),
     ("alexnet-conv5", "alexnet", 256, 13, 13, 256, 3, 3, 1, 1),
     # VGG-16, the GPU paper's (seeds/003) section 8 shapes CxHxWxK
+    ("vgg16-3x224x224x64", "vgg16", 3, 224, 224, 64, 3, 3, 1, 1),
     ("vgg16-64x224x224x64", "vgg16", 64, 224, 224, 64, 3, 3, 1, 1),
     ("vgg16-64x112x112x128", "vgg16", 64, 112, 112, 128, 3, 3, 1, 1),
     ("vgg16-128x112x112x128", "vgg16", 128, 112, 112, 128, 3, 3, 1, 1),
@@ -143,11 +145,14 @@ LAYERS: dict[str, LayerSpec] = {row[0]: LayerSpec(*row) for row in _TABLE}
 SUITES: dict[str, tuple[str, ...]] = {
     "alexnet-conv4": ("alexnet-conv4",),
     "alexnet": tuple(n for n, s in LAYERS.items() if s.model == "alexnet"),
-    "vgg16": tuple(n for n, s in LAYERS.items() if s.model == "vgg16"),
+    "vgg16": tuple(n for n, s in LAYERS.items() if s.model == "vgg16" and s.C > 3),
+    "vgg16-full": tuple(n for n, s in LAYERS.items() if s.model == "vgg16"),
     "resnet50-1x1": tuple(n for n, s in LAYERS.items() if s.model == "resnet50"),
     "resnet20": tuple(n for n, s in LAYERS.items() if s.model == "resnet20"),
     "all": tuple(LAYERS),
 }
+#: The GPU benchmark's layers (issue 10): VGG-16 with its first layer, ResNet-50 1x1, AlexNet.
+SUITES["gpu"] = SUITES["vgg16-full"] + SUITES["resnet50-1x1"] + SUITES["alexnet"]
 
 DEFAULT_SUITE = "alexnet-conv4"
 

@@ -237,13 +237,16 @@ _FINE_TICKS = tuple(round(m * 10.0 ** e, 6) for e in range(-3, 4)
                     for m in (1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6, 8))
 
 
-def plot_speedup(rows, path_stem, title: str | None = None) -> list[Path]:
+def plot_speedup(rows, path_stem, title: str | None = None,
+                 baseline_label: str = "dense (F.conv2d, oneDNN)",
+                 formats: tuple[str, ...] = ("png", "svg")) -> list[Path]:
     """Speedup over dense vs sparsity: one subplot per layer, one line per (kernel, batch).
 
     Log y axis, x axis -log10(1 - sparsity) (so 0.9 / 0.99 / 0.999 are evenly spaced and
     straight segments match :func:`~sparsecnn.bench.break_even`'s interpolation), the 1x line,
     break-even marked with a dotted vertical line and a marker on 1x, mismatching points marked
-    with a red cross. Written as ``<path_stem>.png`` and ``<path_stem>.svg``.
+    with a red cross. Written as ``<path_stem>.png`` and ``<path_stem>.svg`` (``formats``);
+    ``baseline_label`` names the 1x line.
 
     Returns
     -------
@@ -272,7 +275,7 @@ def plot_speedup(rows, path_stem, title: str | None = None) -> list[Path]:
         r0 = lrows[0]
         ax.set_title(f"{layer}\n{r0['C']}x{r0['H']}x{r0['W']} -> {r0['K']}, {r0['R']}x{r0['S']} "
                      f"s{r0['stride']}", fontsize=9)
-        ax.axhline(1.0, color="black", lw=1.2, label="dense (F.conv2d, oneDNN)")
+        ax.axhline(1.0, color="black", lw=1.2, label=baseline_label)
         for ki, k in enumerate(kernels):
             for bi, n in enumerate(batches):
                 pts = sorted((r["sparsity"], r["speedup"], r["status"]) for r in lrows
@@ -324,9 +327,12 @@ def plot_speedup(rows, path_stem, title: str | None = None) -> list[Path]:
                  f"{threads} threads\nrandom unstructured magnitude-pruned weights; "
                  "dotted vertical: break-even sparsity", fontsize=10)
     stem = Path(path_stem)
-    out = [stem.with_suffix(".png"), stem.with_suffix(".svg")]
-    fig.savefig(out[0], dpi=130)
-    fig.savefig(out[1])
+    out = [stem.with_suffix(f".{ext}") for ext in formats]
+    for path in out:
+        if path.suffix == ".png":
+            fig.savefig(path, dpi=130)
+        else:
+            fig.savefig(path)
     return out
 
 

@@ -53,7 +53,7 @@ from .._atomic import atomic_path, remove_orphans
 from ..kernels import registry
 from ..kernels.capabilities import numba_threads, target
 from ..problem import Problem
-from ..timing import measure
+from ..timing import measure, time_call
 
 CACHE_ENV = "SPARSECNN_CACHE_DIR"
 CONTENDED_ENV = "SPARSECNN_TUNE_CONTENDED"
@@ -474,9 +474,8 @@ def tune(problem: Problem, run: Callable[[str], torch.Tensor], *,
             m = Measurement(name)
             ms[name] = m
             try:
-                t0 = time.perf_counter()
-                y = run(name)
-                m.first_call_ms = (time.perf_counter() - t0) * 1e3
+                y, first_s = time_call(functools.partial(run, name))  # GPU: to completion
+                m.first_call_ms = first_s * 1e3
             except Exception as exc:  # a kernel that raises is reported, never chosen
                 m.status, m.message = "error", f"{type(exc).__name__}: {exc}"
                 continue

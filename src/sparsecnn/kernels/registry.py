@@ -8,8 +8,10 @@ knows the kernels by name.
 A kernel declares what it can run (:class:`Kernel`): its op, the weight format families it
 accepts, the devices, input dtypes and ISA features it needs, and finer limits as
 ``supports(problem)``. :func:`candidates` offers only kernels that can run a
-:class:`~sparsecnn.problem.Problem` *here*; :func:`resolve` checks a kernel asked for by name
-and raises a clear error naming what is missing.
+:class:`~sparsecnn.problem.Problem` *here*, and never one that runs it only *emulated* (a GPU
+kernel on the CPU through Triton's interpreter: correct, but far too slow to be chosen);
+:func:`resolve` checks a kernel asked for by name and raises a clear error naming what is
+missing.
 
 Calling convention (inputs already validated and normalised by :mod:`sparsecnn.functional`):
 
@@ -76,6 +78,10 @@ class Kernel:
         e.g. ``("avx512f",)``): never offered where the compilation target lacks one.
     devices : tuple of str
         Device types it runs on (``"cpu"``, ``"cuda"``).
+    emulated : tuple of str
+        Those of ``devices`` on which it only runs emulated, for correctness tests (Triton
+        kernels on ``"cpu"`` under ``TRITON_INTERPRET=1``): :func:`resolve` accepts them,
+        :func:`candidates` (dispatch, tuning) never offers them.
     dtypes : tuple of str
         Input dtypes it takes (``"float32"``, ...).
     supports : callable or None
@@ -102,6 +108,7 @@ class Kernel:
     prepare: Callable | None = None
     requires: tuple[str, ...] = ()
     devices: tuple[str, ...] = ("cpu",)
+    emulated: tuple[str, ...] = ()
     dtypes: tuple[str, ...] = ("float32",)
     supports: Callable[[Problem], bool] | None = field(default=None, compare=False)
     weight_check: Callable | None = field(default=None, compare=False)
@@ -117,6 +124,10 @@ class Kernel:
     def unavailable(self) -> str | None:
         """Why this kernel cannot run on this machine (missing ISA features or device), or None."""
         return _unavailable(self)
+
+    def is_emulated(self, device: str) -> bool:
+        """True if this kernel runs on ``device`` only emulated (see :attr:`emulated`)."""
+        return device in self.emulated
 
     @property
     def weight_dependent(self) -> bool:
@@ -170,12 +181,26 @@ def _fingerprint(kernel: Kernel) -> str:
     h = hashlib.sha1(kernel.version.encode())
     mods = [getattr(kernel.run, "__module__", None), *kernel.sources]
     for mod in mods:
-        m = sys.modules.get(mod) if mod else None
-        try:
-            h.update(inspect.getsource(m).encode() if m is not None else repr(mod).encode())
-        except (OSError, TypeError):  # no source (frozen / interactive): the name only
-            h.update(repr(mod).encode())
+        h.update(_module_source(mod) if mod else b"None")
     return f"{kernel.name}@{kernel.version}+{h.hexdigest()[:10]}"
+
+
+def _module_source(mod: str) -> bytes:
+    """The source of module ``mod`` (read from its file when it is not imported yet, as for
+    kernel modules imported lazily); its name when there is no source."""
+    m = sys.modules.get(mod)
+    try:
+        if m is not None:
+            return inspect.getsource(m).encode()
+        import importlib.util
+
+        spec = importlib.util.find_spec(mod)
+        if spec is not None and spec.origin and spec.origin.endswith(".py"):
+            with open(spec.origin, "rb") as fh:
+                return fh.read()
+    except (OSError, TypeError, ImportError, ValueError):  # frozen / interactive / no parent
+        pass
+    return repr(mod).encode()
 
 
 _LOCK = threading.Lock()
@@ -243,10 +268,12 @@ def kernels(op: str) -> list[Kernel]:
 
 
 def candidates(problem: Problem, weight=None) -> list[Kernel]:
-    """Kernels that can run ``problem`` on this machine (registration order). Kernels with a
-    :attr:`Kernel.weight_check` are included only when ``weight`` is given and they take it."""
+    """Kernels that can run ``problem`` on this machine, not emulated (registration order).
+    Kernels with a :attr:`Kernel.weight_check` are included only when ``weight`` is given and
+    they take it."""
     return [k for k in kernels(problem.op)
-            if (weight is not None or k.weight_check is None) and k.why_not(problem, weight) is None]
+            if not k.is_emulated(problem.device)
+            and (weight is not None or k.weight_check is None) and k.why_not(problem, weight) is None]
 
 
 def resolve(problem: Problem, name: str, weight=None) -> Kernel:

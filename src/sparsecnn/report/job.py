@@ -245,6 +245,12 @@ def summary_lines(res: dict) -> list[str]:
                 f"{h['measured']['dense_ms']:.3f} ms, sparse {h['measured']['sparse_ms']:.3f} ms "
                 f"({h['measured']['sparse_kernel']}), hybrid est. "
                 f"{h['estimate']['hybrid_ms']:.3f} ms, measured {h['measured']['hybrid_ms']:.3f} ms")
+            p = h.get("placement")
+            if p:
+                lines.append(
+                    f"  heterogeneous (est., {p['gpu']}): {p['placement']}: "
+                    f"{p['heterogeneous_ms']:.3f} ms (GPU part {p['gpu_part_ms']:.3f}, CPU part "
+                    f"{p['cpu_part_ms']:.3f}); whole layer dense on the GPU {p['gpu_dense_ms']:.3f} ms")
     lines.append(f"time: {res['seconds']:.1f} s"
                  + (f" ({bench_s:.1f} s of it the --bench benchmark)" if bench_s else ""))
     return lines

@@ -57,6 +57,14 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
             wr.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in keys})
 
 
+def _placement_columns(p: dict | None) -> dict:
+    """The hybrid table's columns of :func:`sparsecnn.analysis.heterogeneous_estimate`."""
+    keys = ("gpu_part_ms", "cpu_part_ms", "heterogeneous_ms", "gpu_dense_ms")
+    if not p:
+        return {"placement": None, **{k: None for k in keys}}
+    return {"placement": p["placement"], **{k: p[k] for k in keys}}
+
+
 def tables(d: dict) -> dict[str, list[dict]]:
     """The report's data as flat tables (name -> rows) for CSV."""
     out: dict[str, list[dict]] = {}
@@ -97,7 +105,8 @@ def tables(d: dict) -> dict[str, list[dict]]:
             "sparse_useful_gflops": h["rates"]["sparse_useful_gflops"],
             "dense_ms": h["measured"]["dense_ms"], "sparse_ms": h["measured"]["sparse_ms"],
             "hybrid_est_ms": h["estimate"]["hybrid_ms"], "hybrid_measured_ms": h["measured"]["hybrid_ms"],
-            "hybrid_max_abs_err": h["measured"]["max_abs_err"], "unavailable": None})
+            "hybrid_max_abs_err": h["measured"]["max_abs_err"],
+            **_placement_columns(h.get("placement")), "unavailable": None})
     if d.get("encodings"):
         out["encodings"] = [
             {"layer": r["name"], "nnz": r["nnz"], "dense_bytes": r["dense_bytes"],
@@ -230,12 +239,21 @@ def render_html(d: dict, meta: dict, figs: dict, static_names: set[str], tabs: d
             ("sparse_useful_gflops", "sparse useful GFLOP/s", ".1f"), ("dense_ms", "dense ms", ".3f"),
             ("sparse_ms", "sparse ms", ".3f"), ("hybrid_est_ms", "hybrid est. ms", ".3f"),
             ("hybrid_measured_ms", "hybrid meas. ms", ".3f"), ("hybrid_max_abs_err", "max |err|", ".2g"),
+            ("placement", "heterogeneous placement", ""),
+            ("gpu_part_ms", "GPU part est. ms", ".3f"), ("cpu_part_ms", "CPU part est. ms", ".3f"),
+            ("heterogeneous_ms", "GPU + CPU est. ms", ".3f"), ("gpu_dense_ms", "all on GPU est. ms", ".3f"),
             ("unavailable", "unavailable", "")]))
         parts.append("<p class='note'>Cost model: dense MACs of the blocks at the dense rate (torch conv2d "
                      "on the whole layer) + nonzeros outside the blocks at the sparse kernel's useful rate "
                      "(measured on the whole layer). Dense, sparse and the measured hybrid are timed interleaved "
                      "(medians); the hybrid includes gathering the blocks' input channels and adding the "
                      "outputs, and its output is checked equal to the full convolution.</p>")
+        parts.append("<p class='note'>Heterogeneous placement (estimated, no GPU measured here): the "
+                     "dense blocks on a GPU (H200 TF32 tensor-core peak; the blocks' input channels "
+                     "sent and output channels returned over PCIe 5.0 x16, 64 GB/s), the sparse rest "
+                     "on the CPU at its measured rate, both at once: the layer takes the longer part. "
+                     "'all on GPU' is the whole layer dense on the GPU, input and output over the "
+                     "same link (docs/gpu.md).</p>")
     if tabs.get("encodings"):
         erows = [{**r, **{f"{k}_kib": r[f"{k}_bytes"] / 1024 for k in
                           ("csr", "bitmap", "step", "eie", "eie_64pe")}} for r in tabs["encodings"]]
