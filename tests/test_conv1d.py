@@ -229,3 +229,59 @@ def test_sparsify_filter_and_dense_layers_keep_semantics():
     assert model[0].algo == "dense"  # 20 % sparse: below min_sparsity, runs dense
     with torch.no_grad():
         torch.testing.assert_close(model(x), ref, rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# the memo of resolved calls (functional._CALLS): repeated calls skip validation and dispatch
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("op", ["conv1d", "conv2d"])
+def test_call_memo_repeats_validation_of_what_changes(op):
+    from sparsecnn import functional as Fs
+    from sparsecnn.kernels import prepared
+
+    gen = torch.Generator().manual_seed(5)
+    if op == "conv1d":
+        x, w = torch.randn(2, 6, 21, generator=gen), sparse_weight((5, 6, 3), 0.7, gen)
+        fn, ref_fn, ws = conv1d, F.conv1d, to_sparse(w.unsqueeze(2))
+    else:
+        x, w = torch.randn(2, 6, 9, 8, generator=gen), sparse_weight((5, 6, 3, 3), 0.7, gen)
+        fn, ref_fn, ws = sparsecnn.conv2d, F.conv2d, to_sparse(w)
+    b = torch.randn(5, generator=gen)
+    tol = tolerances(54)
+    for algo in ("direct", "auto"):
+        for _ in range(2):  # the second call is served by the memo
+            torch.testing.assert_close(fn(x, ws, b, 1, 1, algo=algo), ref_fn(x, w, b, 1, 1), **tol)
+        assert Fs._call_key(x, ws, algo, *((op,) if op == "conv1d" else ()), 1, 1, 1, 1,
+                            False) in Fs._CALLS
+        torch.testing.assert_close(fn(x[0], ws, None, 1, 1, algo=algo),
+                                   ref_fn(x[0], w, None, 1, 1), **tol)  # unbatched
+    with pytest.raises(ValueError, match="bias"):  # the bias is checked on every call
+        fn(x, ws, torch.randn(3), 1, 1, algo="direct")
+    torch.testing.assert_close(fn(x, ws, None, 2, 0, algo="direct"),
+                               ref_fn(x, w, None, 2, 0), **tol)  # other geometry: own entry
+    prepared.CACHE.clear()  # the memo holds weak references only: a dropped operand is rebuilt
+    torch.testing.assert_close(fn(x, ws, b, 1, 1, algo="direct"), ref_fn(x, w, b, 1, 1), **tol)
+    with pytest.raises(ValueError, match="channels"):  # a new input shape is validated
+        fn(x[:, :4], ws, b, 1, 1, algo="direct")
+
+
+def test_prepared_cache_releases_weights_outside_its_lock():
+    """An evicted / cleared operand may hold the last reference to its weight, whose finalizer
+    takes the cache's lock: releasing it under the lock deadlocked (found by the memo test)."""
+    import gc
+
+    from sparsecnn.kernels import prepared
+
+    cache = prepared.PreparedCache(max_entries=1)
+    kernel = registry.get("conv2d", "direct")
+    x_shape = (1, 4, 6, 6)
+    from sparsecnn.problem import ConvProblem
+    for i in range(3):  # each new weight evicts the previous one, whose last reference dies
+        ws = to_sparse(sparse_weight((3, 4, 3, 3), 0.5, torch.Generator().manual_seed(i)))
+        cache.get(kernel, ws, ConvProblem.from_shapes(x_shape, ws.shape, format="csr"))
+        del ws
+        gc.collect()
+    assert len(cache) == 1
+    cache.clear()
+    gc.collect()
+    assert len(cache) == 0

@@ -143,6 +143,9 @@ class PreparedCache:
                 self.hits += 1
                 return hit
         prep = build(kernel, weight, problem)  # outside the lock: may take milliseconds
+        # Evicted operands are released only after the lock: an operand may hold the last
+        # reference to its weight, whose finalizer (_forget_weight) takes the lock.
+        evicted = []
         with self._lock:
             self.misses += 1
             old = self._entries.get(key)
@@ -157,22 +160,27 @@ class PreparedCache:
             self._nbytes += prep.nbytes
             while len(self._entries) > 1 and (len(self._entries) > self.max_entries
                                               or self._nbytes > self.max_bytes):
-                self._pop_oldest()
+                evicted.append(self._pop_oldest())
+        del evicted
         return prep
 
-    def _pop_oldest(self) -> None:
+    def _pop_oldest(self) -> Prepared:
         key, prep = self._entries.popitem(last=False)
         self._nbytes -= prep.nbytes
         keys = self._by_weight.get(key[0])
         if keys is not None:
             keys.discard(key)
+        return prep
 
     def _forget_weight(self, wid: int) -> None:
+        dropped = []
         with self._lock:
             for key in self._by_weight.pop(wid, ()):
                 prep = self._entries.pop(key, None)
                 if prep is not None:
                     self._nbytes -= prep.nbytes
+                    dropped.append(prep)
+        del dropped  # (outside the lock, as in get)
 
     def held(self, weight) -> list[Prepared]:
         """The prepared operands currently cached for ``weight``."""
@@ -187,10 +195,12 @@ class PreparedCache:
     def clear(self) -> None:
         """Drop every entry."""
         with self._lock:
+            dropped = list(self._entries.values())
             self._entries.clear()
             for keys in self._by_weight.values():
                 keys.clear()
             self._nbytes = 0
+        del dropped  # released outside the lock: a weight's finalizer takes it
 
     @property
     def nbytes(self) -> int:
