@@ -180,6 +180,17 @@ def test_time_layer_unsupported(test_kernels):
     assert rows[1]["status"] == "unsupported" and math.isnan(rows[1]["speedup"])
 
 
+def test_time_layer_1d():
+    """A 1-D layer (H == R == 1) times F.conv1d against sparsecnn.conv1d; pad is along W only."""
+    spec = LayerSpec("tiny-1d", "test", C=12, H=1, W=30, K=8, R=1, S=3, stride=2, pad=1)
+    assert spec.is_1d and (spec.OH, spec.OW) == (1, 15) and "1-D" in spec.shape_str()
+    assert LAYERS["textcnn-k2@56"].is_1d and LAYERS["textcnn-k2@56"].OW == 55
+    assert set(SUITES["textcnn"]) == {"textcnn-k2@56", "textcnn-k3@56", "textcnn-k3@20"}
+    rows = bench.time_layer(spec, 0.8, 2, ["direct"], 1, 0, **FAST)
+    assert [r["kernel"] for r in rows] == ["dense", "direct"]
+    assert rows[1]["status"] == "ok" and rows[1]["max_abs_err"] < 1e-5 and rows[1]["OW"] == 15
+
+
 def test_sweep_end_to_end(test_kernels):
     rows = bench.sweep([TINY], [0.9, 0.5], [1, 3], ["t_densify"], 1, progress=False, **FAST)
     assert [(r["N"], r["sparsity"], r["kernel"]) for r in rows] == [

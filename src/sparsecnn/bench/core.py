@@ -235,7 +235,8 @@ def _nan_row() -> dict:
 def time_layer(spec, sparsity: float, batch: int, kernels=None, threads: int = DEFAULT_THREADS,
                seed: int = 0, *, min_time: float = DEFAULT_MIN_TIME,
                max_time: float = DEFAULT_MAX_TIME, rtol: float = RTOL) -> list[dict]:
-    """Time dense ``F.conv2d`` and each sparse kernel on one layer at one sparsity and batch size.
+    """Time dense ``F.conv2d`` and each sparse kernel on one layer at one sparsity and batch size
+    (``F.conv1d`` / :func:`sparsecnn.conv1d` for a 1-D layer, ``spec.is_1d``).
 
     Parameters
     ----------
@@ -286,7 +287,11 @@ def time_layer(spec, sparsity: float, batch: int, kernels=None, threads: int = D
     w = pruned_weight(spec, sparsity, seed)
     nnz = int(torch.count_nonzero(w))
     numel = w.numel()
-    stride, pad = (spec.stride, spec.stride), (spec.pad, spec.pad)
+    if spec.is_1d:  # Conv1d: F.conv1d vs sparsecnn.conv1d on (N, C, W)
+        stride, pad = (1, spec.stride), (0, spec.pad)
+        x, w1 = x.squeeze(2), w.squeeze(2)
+    else:
+        stride, pad = (spec.stride, spec.stride), (spec.pad, spec.pad)
     flops_useful = 2 * nnz * spec.OH * spec.OW * batch
     flops_dense = spec.dense_flops(batch)
     base = {"layer": spec.name, "model": spec.model, "N": batch, "C": spec.C, "H": spec.H,
@@ -301,7 +306,12 @@ def time_layer(spec, sparsity: float, batch: int, kernels=None, threads: int = D
     with timing.threads(threads), torch.inference_mode():
         for name in providers:
             row = dict(base, kernel=name, isa=target().isa)
-            if name == DENSE:
+            if name == DENSE and spec.is_1d:
+                def call(x=x, w=w1):
+                    return F.conv1d(x, w, None, stride[1], pad[1])
+                row.update(format="dense", bytes_weight=numel * w.element_size(),
+                           isa=dense_isa())
+            elif name == DENSE:
                 def call(x=x, w=w):
                     return F.conv2d(x, w, None, stride, pad)
                 row.update(format="dense", bytes_weight=numel * w.element_size(),
@@ -313,14 +323,19 @@ def time_layer(spec, sparsity: float, batch: int, kernels=None, threads: int = D
                 ws = sparse_weights[fmt]
                 row.update(format=fmt, bytes_weight=int(ws.nbytes))
                 kernel = registry.get("conv2d", name)
-                problem = ConvProblem.from_shapes(x.shape, spec.weight_shape, stride, pad,
-                                                  format=fmt, density=float(ws.density))
+                problem = ConvProblem.from_shapes(spec.input_shape(batch), spec.weight_shape,
+                                                  stride, pad, format=fmt,
+                                                  density=float(ws.density))
                 if kernel.why_not(problem) is not None:
                     rows.append(dict(row, **_nan_row(), status="unsupported"))
                     continue
 
-                def call(x=x, ws=ws, name=name):
-                    return functional.conv2d(x, ws, None, stride, pad, algo=name)
+                if spec.is_1d:
+                    def call(x=x, ws=ws, name=name):
+                        return functional.conv1d(x, ws, None, stride[1], pad[1], algo=name)
+                else:
+                    def call(x=x, ws=ws, name=name):
+                        return functional.conv2d(x, ws, None, stride, pad, algo=name)
             try:
                 y, first_s = timing.time_call(call)
                 first_ms = first_s * 1e3

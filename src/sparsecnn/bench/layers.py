@@ -18,6 +18,14 @@ Sources
   stage and the stride-2 1x1 projection shortcuts ("downsample").
 - ResNet-20 for CIFAR-10 (He et al. 2016, section 4.2): the 3x3 convolutions of its three stages
   and the two stride-2 transitions.
+- Text CNN (Kim 2014, "Convolutional neural networks for sentence classification", EMNLP; its
+  CNN-non-static is the seeds' GPU paper's 1-D benchmark, ``seeds/003``): 100 filters of widths
+  2 and 3 over 300-d word embeddings (the channels), sentences of 56 words (the longest of
+  Kim's MR set) and 20, no padding.
+
+A layer with ``H == R == 1`` is a 1-D convolution (``nn.Conv1d`` over a length-``W`` sequence):
+its ``pad`` applies along ``W`` only, and the benchmark times ``F.conv1d`` against
+``sparsecnn.conv1d``.
 """
 
 from __future__ import annotations
@@ -29,7 +37,7 @@ from ..functional import conv_output_size
 
 @dataclass(frozen=True)
 class LayerSpec:
-    """One convolution layer of the benchmark.
+    """One convolution layer of the benchmark (1-D when ``H == R == 1``).
 
     Attributes
     ----------
@@ -68,8 +76,15 @@ class LayerSpec:
             raise ValueError(f"layer {self.name!r}: output size {self.OH}x{self.OW} is empty")
 
     @property
+    def is_1d(self) -> bool:
+        """A 1-D convolution (``H == R == 1``): ``pad`` and ``stride`` apply along ``W`` only."""
+        return self.H == 1 and self.R == 1
+
+    @property
     def OH(self) -> int:
-        """Output height."""
+        """Output height (1 for a 1-D layer)."""
+        if self.is_1d:
+            return 1
         return conv_output_size(self.H, self.R, self.stride, self.pad, 1)
 
     @property
@@ -92,6 +107,9 @@ class LayerSpec:
 
     def shape_str(self) -> str:
         """Short human-readable geometry, e.g. ``384x13x13 -> 256, 3x3 s1 p1 (out 13x13)``."""
+        if self.is_1d:
+            return (f"{self.C}x{self.W} -> {self.K}, 1-D {self.S} s{self.stride} p{self.pad} "
+                    f"(out {self.OW})")
         return (f"{self.C}x{self.H}x{self.W} -> {self.K}, {self.R}x{self.S} s{self.stride} "
                 f"p{self.pad} (out {self.OH}x{self.OW})")
 
@@ -136,6 +154,10 @@ _TABLE: tuple[tuple, ...] = (
     ("resnet20-64@8", "resnet20", 64, 8, 8, 64, 3, 3, 1, 1),
     ("resnet20-16-32s2@32", "resnet20", 16, 32, 32, 32, 3, 3, 2, 1),
     ("resnet20-32-64s2@16", "resnet20", 32, 16, 16, 64, 3, 3, 2, 1),
+    # Text CNN (Kim 2014), 1-D: 300-d embeddings, 100 filters of widths 2 and 3
+    ("textcnn-k2@56", "textcnn", 300, 1, 56, 100, 1, 2, 1, 0),
+    ("textcnn-k3@56", "textcnn", 300, 1, 56, 100, 1, 3, 1, 0),
+    ("textcnn-k3@20", "textcnn", 300, 1, 20, 100, 1, 3, 1, 0),
 )
 
 #: Every benchmark layer by name, in table order.
@@ -149,6 +171,7 @@ SUITES: dict[str, tuple[str, ...]] = {
     "vgg16-full": tuple(n for n, s in LAYERS.items() if s.model == "vgg16"),
     "resnet50-1x1": tuple(n for n, s in LAYERS.items() if s.model == "resnet50"),
     "resnet20": tuple(n for n, s in LAYERS.items() if s.model == "resnet20"),
+    "textcnn": tuple(n for n, s in LAYERS.items() if s.model == "textcnn"),
     "all": tuple(LAYERS),
 }
 #: The GPU benchmark's layers (issue 10): VGG-16 with its first layer, ResNet-50 1x1, AlexNet.

@@ -1,8 +1,8 @@
 """Sparse inference modules and model conversion.
 
-- :class:`SparseConv2d`, :class:`SparseLinear` -- modules holding a sparse weight, a fused-ReLU
+- :class:`SparseConv2d`, :class:`SparseConv1d`, :class:`SparseLinear` -- modules holding a sparse weight, a fused-ReLU
   flag and the kernel chosen per batch size; ``forward`` runs :mod:`sparsecnn.functional`.
-- :func:`sparsify_` -- in place: fold BatchNorm, swap ``nn.Conv2d``/``nn.Linear`` for sparse
+- :func:`sparsify_` -- in place: fold BatchNorm, swap ``nn.Conv2d``/``nn.Conv1d``/``nn.Linear`` for sparse
   modules, fuse ReLUs, tune each layer's kernel (:func:`tune_`).
 - :func:`fold_batchnorm`, :func:`find_relu_fusions`, :func:`fuse_relu_`, :func:`compact` --
   the ``torch.fx`` rewrites, each checked on the example input (:func:`check_rewrite`) and
@@ -16,10 +16,10 @@
 from .convert import (layer_table, load, model_nbytes, save, sparse_modules, sparsify_, tune_)
 from .fusion import (RewriteLog, RewriteWarning, check_rewrite, compact, find_relu_fusions,
                      fold_batchnorm, fuse_relu_, trace)
-from .modules import SparseConv2d, SparseLinear
+from .modules import SparseConv1d, SparseConv2d, SparseLinear
 from .pool import SparseConvPool2d, find_pool_fusions, fuse_pool_
 
-__all__ = ["SparseConv2d", "SparseLinear", "SparseConvPool2d", "sparsify_", "find_pool_fusions",
-           "fuse_pool_", "tune_", "fold_batchnorm",
+__all__ = ["SparseConv2d", "SparseConv1d", "SparseLinear", "SparseConvPool2d", "sparsify_",
+           "find_pool_fusions", "fuse_pool_", "tune_", "fold_batchnorm",
            "find_relu_fusions", "fuse_relu_", "compact", "trace", "layer_table", "model_nbytes",
            "sparse_modules", "save", "load", "RewriteWarning", "RewriteLog", "check_rewrite"]

@@ -13,7 +13,7 @@ from .._atomic import atomic_path
 from ..dispatch import DEFAULT_MARGIN, tune
 from .fusion import (RewriteLog, check_sparsified_, find_relu_fusions, fold_batchnorm, fuse_relu_,
                      reference_output, try_trace)
-from .modules import SparseConv2d, SparseLinear
+from .modules import SparseConv1d, SparseConv2d, SparseLinear
 from .pool import find_pool_fusions, fuse_pool_
 
 SPARSE_MODULES = (SparseConv2d, SparseLinear)
@@ -22,8 +22,13 @@ FILE_VERSION = 1
 
 
 def sparse_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """``(name, module)`` of every :class:`SparseConv2d` / :class:`SparseLinear` in ``model``."""
+    """``(name, module)`` of every :class:`SparseConv2d` (:class:`SparseConv1d` included) /
+    :class:`SparseLinear` in ``model``."""
     return [(n, m) for n, m in model.named_modules() if isinstance(m, SPARSE_MODULES)]
+
+
+#: the torch layer types :func:`sparsify_` converts, and what into
+_SPARSE_OF = {nn.Conv2d: SparseConv2d, nn.Conv1d: SparseConv1d, nn.Linear: SparseLinear}
 
 
 def _sparsity(w: torch.Tensor) -> float:
@@ -38,8 +43,8 @@ def sparsify_(model: nn.Module, *, format: str = "csr", filter_fn: Callable | No
     """Convert a pruned model for sparse inference, in place.
 
     Steps: eval mode; fold ``conv -> BatchNorm`` (fx, :func:`~sparsecnn.nn.fold_batchnorm`);
-    replace each selected ``nn.Conv2d`` / ``nn.Linear`` by :class:`SparseConv2d` /
-    :class:`SparseLinear` (its weight in ``format``); fuse the ``nn.ReLU`` that follows it; then
+    replace each selected ``nn.Conv2d`` / ``nn.Conv1d`` / ``nn.Linear`` by :class:`SparseConv2d`
+    / :class:`SparseConv1d` / :class:`SparseLinear` (its weight in ``format``); fuse the ``nn.ReLU`` that follows it; then
     choose each layer's kernel: measured on ``example_input`` (:func:`tune_`) or, without it, at
     first use (tuning cache, else heuristic). A layer can always end up dense (PyTorch on its
     densified weight) when no sparse kernel beats dense by ``margin``.
@@ -53,7 +58,7 @@ def sparsify_(model: nn.Module, *, format: str = "csr", filter_fn: Callable | No
         Sparse format name (:data:`sparsecnn.formats.FORMATS`).
     filter_fn : callable or None
         ``filter_fn(module, fqn) -> bool``: convert only the layers it accepts (default: every
-        ``nn.Conv2d`` with zero padding mode and every ``nn.Linear``).
+        ``nn.Conv2d`` / ``nn.Conv1d`` with zero padding mode and every ``nn.Linear``).
     tune : bool
         Measure the kernels on ``example_input`` (needs it). ``False``: heuristic/cached choice.
     example_input : torch.Tensor or None
@@ -109,13 +114,13 @@ def sparsify_(model: nn.Module, *, format: str = "csr", filter_fn: Callable | No
     pools = find_pool_fusions(model, graph=graph) if (graph is not None and fuse_pool) else {}
 
     for name, mod in list(model.named_modules()):
-        if type(mod) not in (nn.Conv2d, nn.Linear):
+        cls = _SPARSE_OF.get(type(mod))
+        if cls is None:
             continue
-        if isinstance(mod, nn.Conv2d) and mod.padding_mode != "zeros":
+        if cls is not SparseLinear and mod.padding_mode != "zeros":
             continue
         if filter_fn is not None and not filter_fn(mod, name):
             continue
-        cls = SparseConv2d if isinstance(mod, nn.Conv2d) else SparseLinear
         algo = "auto" if _sparsity(mod.weight) >= min_sparsity else "dense"
         new = cls.from_dense(mod, format=format, algo=algo, **(format_options or {})).eval()
         parent, _, child = name.rpartition(".")
@@ -174,7 +179,9 @@ def tune_(model: nn.Module, example_input, *, margin: float = DEFAULT_MARGIN,
         x = inputs.get(name)
         if x is None or mod.algo != "auto":
             continue
-        if mod.op == "conv2d" and x.ndim == 3:
+        if isinstance(mod, SparseConv1d):
+            x = mod.as_2d(x)  # (N, C, 1, L): the view its kernels run
+        elif mod.op == "conv2d" and x.ndim == 3:
             x = x.unsqueeze(0)
         if mod.op == "linear" and x.ndim != 2:
             x = x.reshape(-1, mod.in_features)

@@ -3,7 +3,8 @@
 The patterns are found on a symbolic trace (:func:`torch.fx.symbolic_trace` semantics) and
 applied *in place* to the model's own modules, so the model keeps its class and its ``forward``:
 
-- ``conv -> bn`` (``nn.Conv2d`` -> ``nn.BatchNorm2d``, or ``nn.Linear`` -> ``nn.BatchNorm1d``):
+- ``conv -> bn`` (``nn.Conv2d`` -> ``nn.BatchNorm2d``, ``nn.Conv1d`` / ``nn.Linear`` ->
+  ``nn.BatchNorm1d``):
   the BN's running statistics and affine parameters are folded into the conv's weight and bias
   (``w' = w * g / sqrt(var + eps)``, ``b' = (b - mean) * g / sqrt(var + eps) + beta``, computed in
   float64), and the BN module is replaced by ``nn.Identity``. Inference (eval-mode) semantics.
@@ -39,7 +40,7 @@ from torch import fx, nn
 from ..checks import compare_outputs
 from .modules import SparseConv2d, SparseLinear
 
-_BN_AFTER = {nn.Conv2d: nn.BatchNorm2d, nn.Linear: nn.BatchNorm1d}
+_BN_AFTER = {nn.Conv2d: nn.BatchNorm2d, nn.Conv1d: nn.BatchNorm1d, nn.Linear: nn.BatchNorm1d}
 
 
 class RewriteWarning(UserWarning):
@@ -324,7 +325,7 @@ def find_relu_fusions(model: nn.Module, *, graph: fx.Graph | None = None) -> dic
         if not _single_site(node, counts):
             continue
         layer = modules.get(node.target)
-        if not isinstance(layer, (nn.Conv2d, nn.Linear, SparseConv2d, SparseLinear)):
+        if not isinstance(layer, (nn.Conv2d, nn.Conv1d, nn.Linear, SparseConv2d, SparseLinear)):
             continue
         cur = node
         while len(cur.users) == 1:

@@ -1,4 +1,5 @@
-"""Inference modules holding a sparse weight: :class:`SparseConv2d` and :class:`SparseLinear`.
+"""Inference modules holding a sparse weight: :class:`SparseConv2d`, :class:`SparseConv1d` (its
+``H = 1`` view) and :class:`SparseLinear`.
 
 Each module holds a :class:`~sparsecnn.formats.SparseWeight`, a bias, its geometry, a fused-ReLU
 flag and the kernel to run: ``algo`` fixed by name, or ``"auto"``: the choice tuning made for the
@@ -241,6 +242,111 @@ class SparseConv2d(_SparseBase):
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
                 f"stride={self.stride}, padding={self.padding}, dilation={self.dilation}, "
                 f"groups={self.groups}, bias={self.bias is not None}, relu={self.relu}, "
+                f"format={self.weight.format_name}, density={self.weight.density:.4f}, "
+                f"algo={self.algo!r}, choices={self.choices}")
+
+
+class SparseConv1d(SparseConv2d):
+    """1-D convolution with a sparse weight, for inference (NCL, float32): a
+    :class:`SparseConv2d` over the ``H = R = 1`` view, so the same kernels, dispatch, tuning and
+    prepared operands run it.
+
+    Parameters
+    ----------
+    weight : SparseWeight of shape (K, C/groups, 1, S)
+        The 1-D weight ``(K, C/groups, S)`` stored as its conv2d view
+        (``to_sparse(w.unsqueeze(2))``; :meth:`from_dense` does it).
+    bias : torch.Tensor (K,) or None
+    stride, padding, dilation : int (or a 1-tuple)
+    groups : int
+    relu, algo
+        As :class:`SparseConv2d`.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :class:`SparseConv2d`, and when the weight's third dimension is not 1.
+    """
+
+    def __init__(self, weight: SparseWeight, bias=None, stride=1, padding=0, dilation=1,
+                 groups=1, *, relu: bool = False, algo: str = "auto"):
+        if isinstance(weight, SparseWeight) and (len(weight.shape) != 4 or weight.shape[2] != 1):
+            raise ValueError(f"SparseConv1d needs a (K, C/groups, 1, S) weight "
+                             f"(to_sparse(w.unsqueeze(2))), got shape {tuple(weight.shape)}")
+        super().__init__(weight, bias, (1, Fs._single(stride, "stride", 1)),
+                         (0, Fs._single(padding, "padding", 0)),
+                         (1, Fs._single(dilation, "dilation", 1)), groups, relu=relu, algo=algo)
+        self.kernel_size = (weight.shape[3],)
+
+    @classmethod
+    def from_dense(cls, conv: nn.Conv1d, *, format: str = "csr", relu: bool = False,
+                   algo: str = "auto", **format_options) -> "SparseConv1d":
+        """Convert an ``nn.Conv1d`` (its zeros are dropped; zero padding mode only).
+
+        Raises
+        ------
+        TypeError
+            If ``conv`` is not an ``nn.Conv1d``.
+        ValueError
+            If its ``padding_mode`` is not ``"zeros"`` or its padding string cannot be resolved
+            (``"same"`` with an even dilated kernel extent).
+        """
+        if not isinstance(conv, nn.Conv1d):
+            raise TypeError(f"expected an nn.Conv1d, got {type(conv).__name__}")
+        if conv.padding_mode != "zeros":
+            raise ValueError(f"only padding_mode='zeros' is supported, got {conv.padding_mode!r}")
+        padding = conv.padding
+        if isinstance(padding, str):
+            if padding == "valid":
+                padding = 0
+            else:  # "same" (PyTorch requires stride 1 for it)
+                tot = conv.dilation[0] * (conv.kernel_size[0] - 1)
+                if tot % 2:
+                    raise ValueError(f"padding='same' with even dilated kernel extent {tot} is "
+                                     "not supported")
+                padding = tot // 2
+        w = to_sparse(conv.weight.detach().float().unsqueeze(2), format=format, **format_options)
+        return cls(w, conv.bias, conv.stride, padding, conv.dilation, conv.groups,
+                   relu=relu, algo=algo)
+
+    @staticmethod
+    def as_2d(x: torch.Tensor) -> torch.Tensor:
+        """The conv2d view ``(N, C, 1, L)`` of an input ``(N, C, L)`` or ``(C, L)``."""
+        return (x.unsqueeze(0) if x.ndim == 2 else x).unsqueeze(2)
+
+    def problem(self, x_shape, dtype: str = "float32", device: str = "cpu") -> ConvProblem:
+        """The :class:`~sparsecnn.problem.ConvProblem` (``H = R = 1``) of an input of
+        ``x_shape``: ``(N, C, L)``, or its view ``(N, C, 1, L)``."""
+        x_shape = tuple(x_shape)
+        if len(x_shape) == 3:
+            x_shape = (x_shape[0], x_shape[1], 1, x_shape[2])
+        return super().problem(x_shape, dtype, device)
+
+    def run(self, x: torch.Tensor, name: str) -> torch.Tensor:
+        """Run with kernel ``name`` through the validating functional API (tuning, tests)."""
+        if x.ndim == 4:
+            x = x.squeeze(2)
+        return Fs.conv1d(x, self.weight, self.bias, self.stride[1], self.padding[1],
+                         self.dilation[1], self.groups, algo=name, relu=self.relu)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Convolve ``x`` (N, C, L) -> (N, K, OL); 2-D (C, L) input is accepted too."""
+        if self.training and torch.is_grad_enabled():
+            _check_training(self)
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
+        if x.ndim == 2:
+            return self.forward(x.unsqueeze(0))[0]
+        if x.ndim != 3:
+            raise ValueError(f"input must be 3-D (N, C, L) or 2-D (C, L), got shape "
+                             f"{tuple(x.shape)}")
+        return super().forward(x.unsqueeze(2)).squeeze(2)
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"stride={self.stride[1:]}, padding={self.padding[1:]}, "
+                f"dilation={self.dilation[1:]}, groups={self.groups}, "
+                f"bias={self.bias is not None}, relu={self.relu}, "
                 f"format={self.weight.format_name}, density={self.weight.density:.4f}, "
                 f"algo={self.algo!r}, choices={self.choices}")
 
