@@ -47,9 +47,11 @@ def test_evicting_the_last_reference_to_a_weight_does_not_deadlock():
         for seed in range(4):
             sw, problem = _case(seed)
             cache.get(kernel, sw, problem)
-            del sw          # now only the cache entry holds it: the next get evicts it
-        assert len(cache) == 1
-        cache.clear()       # drops the last reference to the remaining weight
+            keep = sw if seed == 3 else None
+            del sw          # the entry refers to it weakly: it goes now (finalizer, no lock held)
+        assert len(cache) == 1 and cache.held(keep)
+        cache.clear()
+        del keep            # its finalizer finds nothing left
         assert len(cache) == 0 and cache.nbytes == 0
     _within(body)
 
@@ -69,3 +71,22 @@ def test_finalizer_run_by_the_garbage_collector_inside_the_lock_reenters():
     _within(body)
     assert forgotten and cache.held(sw) == [] and len(cache) == 0
     gc.collect()
+
+
+def test_a_cached_operand_never_keeps_its_weight_alive():
+    """The cache refers to a weight weakly: once the caller drops it, it is freed and its
+    entries go (before, every weight ever prepared stayed alive until evicted)."""
+    import weakref
+
+    cache = prepared.PreparedCache()
+    for name in ("im2col_spmm", "dense"):
+        kernel = registry.get("conv2d", name)
+        sw, problem = _case(1)
+        prep = cache.get(kernel, sw, problem)
+        assert prep.weight is sw and prep.operand is not None
+        ref = weakref.ref(sw)
+        del sw
+        gc.collect()
+        assert ref() is None, f"{name}: the cache kept the weight alive"
+        assert len(cache) == 0 and cache.nbytes == 0
+        assert prep.weight is None

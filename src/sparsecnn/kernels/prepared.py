@@ -9,7 +9,8 @@ keeping it in one process-wide, bounded, thread-safe LRU cache (:data:`CACHE`):
 - keyed by the weight object's identity (format objects are immutable: they own read-only
   arrays), the kernel, the :class:`~sparsecnn.problem.Problem` (geometry, batch, dtype, device)
   and the Numba thread count (plans split work per thread);
-- an entry dies with its weight (``weakref.finalize``), and the cache never holds more than
+- an entry dies with its weight (``weakref.finalize``; a :class:`Prepared` refers to its weight
+  weakly, so a cached operand never keeps a weight alive), and the cache never holds more than
   :data:`MAX_ENTRIES` entries or :data:`MAX_BYTES` bytes of prepared data (least recently used
   first out);
 - torch tensors (mutable) are never cached: a dense weight passed as a tensor is prepared on
@@ -77,8 +78,36 @@ def operand_nbytes(obj, exclude=()) -> int:
     return walk(obj)
 
 
+class _Strong:
+    """A strong reference with the call interface of ``weakref.ref`` (objects that cannot be
+    referenced weakly)."""
+
+    __slots__ = ("obj",)
+
+    def __init__(self, obj):
+        self.obj = obj
+
+    def __call__(self):
+        return self.obj
+
+
+def _ref(obj):
+    try:
+        return weakref.ref(obj)
+    except TypeError:
+        return _Strong(obj)
+
+
+#: ``Prepared._operand`` when the operand is the weight itself (kept weakly, as the weight).
+_IS_WEIGHT = object()
+
+
 class Prepared:
     """A kernel's prepared operand for one (weight, problem).
+
+    The weight is referenced weakly (a cached entry must not keep its weight alive: the entry
+    dies with it); ``weight`` and, for kernels without ``prepare``, ``operand`` are ``None``
+    once the weight is gone.
 
     Attributes
     ----------
@@ -92,11 +121,20 @@ class Prepared:
         Bytes the operand holds beyond the weight's own arrays (what the cache counts).
     """
 
-    __slots__ = ("kernel", "problem", "weight", "operand", "nbytes", "__weakref__")
+    __slots__ = ("kernel", "problem", "_weight", "_operand", "nbytes", "__weakref__")
 
     def __init__(self, kernel, problem, weight, operand, nbytes: int):
-        self.kernel, self.problem, self.weight = kernel, problem, weight
-        self.operand, self.nbytes = operand, int(nbytes)
+        self.kernel, self.problem, self._weight = kernel, problem, _ref(weight)
+        self._operand = _IS_WEIGHT if operand is weight else operand
+        self.nbytes = int(nbytes)
+
+    @property
+    def weight(self):
+        return self._weight()
+
+    @property
+    def operand(self):
+        return self._weight() if self._operand is _IS_WEIGHT else self._operand
 
     def __repr__(self) -> str:
         return (f"Prepared(kernel={self.kernel.name!r}, problem={self.problem.key()!r}, "
@@ -128,8 +166,8 @@ class PreparedCache:
         # Re-entrant: a weight's finalizer (:meth:`_forget_weight`) takes the lock, and can run
         # in a thread that holds it -- when the garbage collector, triggered by an allocation
         # inside a locked block, frees a weight that was in a reference cycle. Evicted or
-        # cleared entries (the last reference to their weight: an entry holds it) are dropped
-        # after the lock is released, so their finalizers never run inside it.
+        # cleared entries are dropped after the lock is released (an operand that refers to
+        # its weight would otherwise run the weight's finalizer inside it).
         self._lock = threading.RLock()
         self._entries: OrderedDict = OrderedDict()
         self._by_weight: dict[int, set] = {}
