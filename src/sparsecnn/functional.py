@@ -3,6 +3,15 @@
 The weight may be a dense tensor or any :class:`~sparsecnn.formats.SparseWeight`; ``algo`` picks
 a registered kernel by name, or ``"auto"`` lets :mod:`sparsecnn.dispatch` choose. Every argument
 is validated here, once, so kernels only compute.
+
+Gradients: kernels compute on plain arrays (no autograd). When gradients are enabled and the
+input or bias requires grad, :func:`run_kernel` runs the kernel inside an
+``torch.autograd.Function`` whose backward is the transposed product: ``grad_x = grad_y W``
+(linear), ``grad_x = conv2d_input(grad_y, W)`` (:func:`torch.nn.grad.conv2d_input`, the dense
+transposed convolution, with the densified weight), ``grad_bias = grad_y`` summed over all but
+the channel axis, through the fused ReLU's mask ``y > 0`` as :func:`torch.relu`'s backward.
+A sparse weight has no gradient (it is frozen data, not a tensor); a dense ``torch.Tensor``
+weight runs PyTorch's own differentiable op (weight gradient included).
 """
 
 from __future__ import annotations
@@ -17,7 +26,8 @@ from .formats import SparseWeight
 from .kernels import prepared, registry
 from .problem import ConvProblem, LinearProblem, Problem, conv_output_size, dtype_name
 
-__all__ = ["conv2d", "linear", "resolve", "conv2d_problem", "linear_problem", "conv_output_size"]
+__all__ = ["conv2d", "linear", "resolve", "run_kernel", "conv2d_problem", "linear_problem",
+           "conv_output_size"]
 
 
 def _pair(value, name: str, minimum: int) -> tuple[int, int]:
@@ -106,6 +116,65 @@ def resolve(problem: Problem, weight, algo: str = "auto"):
     return kernel, prepared.prepare(kernel, weight, problem)
 
 
+class _SparseOp(torch.autograd.Function):
+    """``y = run(prepared, x, bias)`` with the gradients of ``x`` and ``bias`` (module
+    docstring); the prepared operand's weight is a :class:`~sparsecnn.formats.SparseWeight`."""
+
+    @staticmethod
+    def forward(ctx, x, bias, run, prep):
+        y = run(prep, x, bias)
+        ctx.prep, ctx.x_shape = prep, x.shape
+        # the mask, not y: a caller may update y in place (compact's residual adds)
+        ctx.save_for_backward(y > 0 if prep.problem.relu else None)
+        return y
+
+    @staticmethod
+    def backward(ctx, gy):
+        prep = ctx.prep
+        p = prep.problem
+        (mask,) = ctx.saved_tensors
+        if mask is not None:
+            gy = gy * mask
+        gx = gb = None
+        if ctx.needs_input_grad[0]:
+            w = _dense_weight(prep, gy)
+            if p.op == "conv2d":
+                gx = torch.nn.grad.conv2d_input(ctx.x_shape, w, gy, p.stride, p.padding,
+                                                p.dilation, p.groups)
+            else:
+                gx = gy.mm(w)
+        if ctx.needs_input_grad[1]:
+            gb = gy.sum((0, 2, 3)) if p.op == "conv2d" else gy.sum(0)
+        return gx, gb, None, None
+
+
+def _dense_weight(prep, like: torch.Tensor) -> torch.Tensor:
+    """The densified weight in ``like``'s dtype and device: the dense kernel's prepared copy,
+    else a new one (not kept: backward is off the inference path)."""
+    if prep.kernel.name == "dense" and isinstance(prep.operand, torch.Tensor):
+        return prep.operand.to(device=like.device, dtype=like.dtype)  # a no-op when they match
+    return prep.weight.to_dense().to(device=like.device, dtype=like.dtype)
+
+
+def run_kernel(run, prep, x: torch.Tensor, bias) -> torch.Tensor:
+    """``run(prep, x, bias)``, differentiable in ``x`` and ``bias`` when gradients are enabled
+    and either requires grad (the one place sparse ops meet autograd; see the module docstring).
+
+    Parameters
+    ----------
+    run : callable
+        A kernel's ``run``.
+    prep : Prepared
+        Its prepared operand (:func:`resolve`).
+    x, bias : torch.Tensor
+        Validated as by :func:`conv2d_problem` / :func:`linear_problem` (``x`` contiguous).
+    """
+    if ((x.requires_grad or (bias is not None and bias.requires_grad))
+            and torch.is_grad_enabled() and not isinstance(prep.weight, torch.Tensor)):
+        return _SparseOp.apply(x, bias, run, prep)
+    return run(prep, x, bias)
+
+
 def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
            algo: str = "auto", relu: bool = False) -> torch.Tensor:
     """2-D convolution with the semantics of :func:`torch.nn.functional.conv2d`.
@@ -147,11 +216,14 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
     reaches only the outputs that *nonzero* weights connect it to; dense arithmetic (``0 * inf
     = nan``) also spreads it through the zeros. Finite inputs give the dense results up to
     float32 summation order (``docs/engine.md``).
+
+    Differentiable in ``x`` and ``bias`` through every kernel (:func:`run_kernel`); a sparse
+    weight has no gradient.
     """
     x4, problem, bias, unbatched = conv2d_problem(x, weight, bias, stride, padding, dilation,
                                                    groups, relu)
     kernel, prep = resolve(problem, weight, algo)
-    y = kernel.run(prep, x4.contiguous(), bias)
+    y = run_kernel(kernel.run, prep, x4.contiguous(), bias)
     return y[0] if unbatched else y
 
 
@@ -233,10 +305,14 @@ def linear(x, weight, bias=None, *, algo: str = "auto", relu: bool = False) -> t
     ------
     TypeError, ValueError
         As :func:`conv2d`: wrong types, ``in_features`` mismatch, bias shape, device, unknown algo.
+
+    Notes
+    -----
+    Differentiable in ``x`` and ``bias`` through every kernel (:func:`run_kernel`).
     """
     x2, problem, bias, lead = linear_problem(x, weight, bias, relu)
     kernel, prep = resolve(problem, weight, algo)
-    y = kernel.run(prep, x2, bias)
+    y = run_kernel(kernel.run, prep, x2, bias)
     return y.reshape(*lead, problem.out_features)
 
 
