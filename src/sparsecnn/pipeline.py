@@ -533,6 +533,7 @@ def optimize(model: str = "smallcnn", *, weights=None, data=None, train_data=Non
         "layers": {str(b): snn.layer_table(sparse, batch=b) for b in batch_sizes},
         "latency": timing,
         "model_bytes": {"dense": _param_bytes(pruned), "sparse": sizes["nbytes"],
+                        "sparse_held": sizes["held_nbytes"],
                         "sparse_layers_dense_equivalent": sizes["dense_nbytes"]},
         "tune_seconds": tune_s, "export_onnx": export_path,
         "notes": ["dense = the pruned model as trained (eval mode, BatchNorm not folded); "
@@ -549,8 +550,9 @@ def optimize(model: str = "smallcnn", *, weights=None, data=None, train_data=Non
 
 
 def _write_results(result: dict, sparse_model: nn.Module, out_dir) -> Path:
-    """Write results.json, summary.md and model.pt into a new folder, atomically (temp folder in
-    ``out_dir``, then rename); an existing folder is never touched."""
+    """Write results.json, summary.md and model.safetensors (:func:`sparsecnn.nn.save`: tensors +
+    JSON, no pickle) into a new folder, atomically (temp folder in ``out_dir``, then rename); an
+    existing folder is never touched."""
     from . import nn as snn
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -562,7 +564,8 @@ def _write_results(result: dict, sparse_model: nn.Module, out_dir) -> Path:
         k += 1
     result["results_dir"] = str(final)
     with atomic_dir(final) as tmp:
-        snn.save(sparse_model, tmp / "model.pt")
+        arch = None if result["weights"].get("source") == "onnx" else result["model"]
+        snn.save(sparse_model, tmp / "model.safetensors", arch=arch)
         (tmp / "results.json").write_text(json.dumps(result, indent=1, default=str))
         (tmp / "summary.md").write_text(render_summary(result))
     return final
