@@ -296,3 +296,65 @@ def test_sweep_progress_bar(test_kernels):
     rows = bench.sweep([TINY], [0.5], [1], ["t_densify"], 1, progress=True,
                        console=Console(file=buf, force_terminal=False), **FAST)
     assert len(rows) == 2 and "tiny N=1 sparsity=0.5" in buf.getvalue()
+
+
+# --- compilation target -------------------------------------------------------------------------
+def test_rows_say_which_isa_they_ran(test_kernels):
+    from sparsecnn.kernels.capabilities import target
+
+    rows = bench.time_layer(TINY, 0.5, 1, ["t_densify"], 1, 0, **FAST)
+    by = {r["kernel"]: r for r in rows}
+    assert by["t_densify"]["isa"] == target().isa
+    assert by["dense"]["isa"].startswith("torch:")
+
+
+def test_target_environment():
+    from sparsecnn.cli.bench import TARGET_ENV, target_environment
+    from sparsecnn.cli.main import UsageError
+
+    env = target_environment("haswell", {"PATH": "/bin", "NUMBA_CPU_FEATURES": "+avx512f"})
+    assert env == {"PATH": "/bin", "NUMBA_CPU_NAME": "haswell", "NUMBA_CPU_FEATURES": "",
+                   TARGET_ENV: "haswell"}
+    env = target_environment("host", {"NUMBA_CPU_NAME": "x86-64", "NUMBA_CPU_FEATURES": ""})
+    assert env == {TARGET_ENV: "host"}
+    with pytest.raises(UsageError, match="LLVM CPU name"):
+        target_environment("haswell; rm -rf /", {})
+
+
+def test_cli_target_reruns_itself_with_the_same_arguments(tmp_path, monkeypatch):
+    import subprocess
+
+    seen = {}
+
+    def fake_run(cmd, env):
+        seen["cmd"], seen["env"] = cmd, env
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    monkeypatch.delenv("SPARSECNN_BENCH_TARGET", raising=False)
+    out = tmp_path / "r"
+    assert _cli(tmp_path, "--kernels", "direct", "--target", "x86-64", "--out", str(out)) == 0
+    cmd, env = seen["cmd"], seen["env"]
+    assert cmd[1:4] == ["-m", "sparsecnn", "bench"] and "--target" not in cmd
+    assert env["NUMBA_CPU_NAME"] == "x86-64" and env["NUMBA_CPU_FEATURES"] == ""
+    # the child's arguments parse back to the same options
+    from sparsecnn.cli.main import build_parser
+
+    a = build_parser().parse_args(cmd[3:])
+    assert (a.layers, a.sparsities, a.batch, a.threads, a.kernels, a.out, a.no_progress,
+            a.min_time, a.max_time) == (["resnet20-64@8"], [0.5, 0.9], [1], 1, ["direct"],
+                                        str(out), True, 0.002, 0.01)
+    assert not out.exists()
+
+
+def test_cli_target_subprocess_compiles_for_that_cpu():
+    """``--list --target x86-64`` runs in a child whose Numba targets the SSE2 baseline."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_CPU_NAME", "NUMBA_CPU_FEATURES")}
+    out = subprocess.run([sys.executable, "-m", "sparsecnn", "bench", "--list", "--target",
+                          "x86-64"], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "x86-64 (x86_64, sse2; forced" in " ".join(out.stdout.split())

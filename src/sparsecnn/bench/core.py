@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from .. import functional, timing
 from ..formats import FORMATS, to_sparse
 from ..kernels import registry
+from ..kernels.capabilities import target
 from ..problem import ConvProblem
 from .layers import LAYERS, LayerSpec
 
@@ -54,7 +55,7 @@ RTOL = 1e-4  # max |y - y_dense| allowed, relative to max(1, max |y_dense|)
 #: Keys of every row, in CSV column order.
 ROW_KEYS: tuple[str, ...] = (
     "layer", "model", "N", "C", "H", "W", "K", "R", "S", "stride", "pad", "OH", "OW",
-    "sparsity", "actual_sparsity", "nnz", "kernel", "format", "threads", "seed",
+    "sparsity", "actual_sparsity", "nnz", "kernel", "format", "isa", "threads", "seed",
     "ms", "iqr_ms", "n_blocks", "calls_per_block", "n_dropped", "first_call_ms",
     "speedup", "useful_gflops", "dense_equiv_gflops", "bytes_weight", "bytes_dense",
     "max_abs_err", "status",
@@ -105,6 +106,16 @@ def _as_spec(spec) -> LayerSpec:
 
 # ---------------------------------------------------------------------------------------------
 # kernels
+def dense_isa() -> str:
+    """What the dense baseline ran with: ``"torch:"`` + PyTorch's CPU capability (``avx2``,
+    ``avx512``, ``default``...; oneDNN follows it unless ``ONEDNN_MAX_CPU_ISA`` caps it)."""
+    try:
+        cap = torch.backends.cpu.get_cpu_capability()
+    except Exception:  # pragma: no cover - older torch
+        cap = "unknown"
+    return f"torch:{str(cap).lower()}"
+
+
 def sparse_kernel_names() -> list[str]:
     """The conv2d kernels benchmarked by default: every registered one that accepts ``"csr"``.
 
@@ -286,11 +297,12 @@ def time_layer(spec, sparsity: float, batch: int, kernels=None, threads: int = D
     ref = None
     with timing.threads(threads), torch.inference_mode():
         for name in providers:
-            row = dict(base, kernel=name)
+            row = dict(base, kernel=name, isa=target().isa)
             if name == DENSE:
                 def call(x=x, w=w):
                     return F.conv2d(x, w, None, stride, pad)
-                row.update(format="dense", bytes_weight=numel * w.element_size())
+                row.update(format="dense", bytes_weight=numel * w.element_size(),
+                           isa=dense_isa())
             else:
                 fmt = weight_format(name)
                 if fmt not in sparse_weights:

@@ -18,6 +18,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from .._atomic import atomic_dir
+from ..kernels.capabilities import env_summary
 from ..timing import other_runnable
 from .core import (DENSE, DENSE_DESCRIPTION, ROW_KEYS, WEIGHTS_DESCRIPTION, break_even,
                    break_even_labels, compile_times)
@@ -78,6 +79,7 @@ def machine_info(threads: int) -> dict:
         "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         "other_runnable": other_runnable(),
         "threads": threads,
+        "compile_target": env_summary(),
         "platform": platform.platform(),
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -116,6 +118,11 @@ def render_tables(rows, meta: dict | None = None, console=None) -> None:
         console.print(f"[bold]sparsecnn bench[/]  {m.get('cpu_model', '?')}, "
                       f"{m.get('threads', '?')} threads, torch {m.get('torch', '?')} "
                       f"({m.get('onednn') or 'oneDNN ?'}), numba {m.get('numba', '?')}")
+        ct = m.get("compile_target")
+        if ct:
+            forced = "forced by NUMBA_CPU_NAME/NUMBA_CPU_FEATURES" if ct.get("forced") else "host"
+            console.print(f"sparse kernels compiled for: {ct.get('cpu_name')} ({ct.get('isa')}, "
+                          f"{forced}); the isa column says what each row ran")
         for when, n in (("start", m.get("other_runnable")),
                         ("end", meta.get("run", {}).get("other_runnable_end"))):
             if n:
@@ -134,7 +141,7 @@ def render_tables(rows, meta: dict | None = None, console=None) -> None:
                  f"S={r0['S']} stride={r0['stride']} pad={r0['pad']} -> {r0['OH']}x{r0['OW']}")
         t = Table(title=title, title_justify="left")
         for col, just in (("N", "right"), ("sparsity", "right"), ("kernel", "left"),
-                          ("ms", "right"), ("IQR ms", "right"), ("speedup", "right"),
+                          ("isa", "left"), ("ms", "right"), ("IQR ms", "right"), ("speedup", "right"),
                           ("useful GF/s", "right"), ("dense-eq GF/s", "right"),
                           ("weight KB", "right"), ("max err", "right"), ("status", "left")):
             t.add_column(col, justify=just)
@@ -151,7 +158,8 @@ def render_tables(rows, meta: dict | None = None, console=None) -> None:
             status = r["status"]
             if status != "ok":
                 status = f"[bold red]{status}[/]"
-            t.add_row(str(r["N"]), f"{r['sparsity']:g}", r["kernel"], _fmt(r["ms"], ".4g"),
+            t.add_row(str(r["N"]), f"{r['sparsity']:g}", r["kernel"], str(r.get("isa", "-")),
+                      _fmt(r["ms"], ".4g"),
                       _iqr_text(r), sp_txt, _fmt(r["useful_gflops"], ".1f"),
                       _fmt(r["dense_equiv_gflops"], ".1f"),
                       f"{r['bytes_weight'] / 1024:.0f} / {r['bytes_dense'] / 1024:.0f}",
