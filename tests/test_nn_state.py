@@ -427,3 +427,47 @@ def test_held_bytes_count_operands_the_plans_keep_after_eviction():
     assert m.held_nbytes == m.nbytes + copy_bytes
     m.reset_plans()
     assert m.held_nbytes == m.nbytes
+
+
+_DEADLOCK_SCENARIO = """
+import gc
+import torch
+from sparsecnn import to_sparse
+from sparsecnn.kernels import registry
+from sparsecnn.kernels.prepared import PreparedCache
+from sparsecnn.problem import LinearProblem
+
+dense = registry.get("linear", "dense")
+
+def entry(cache):
+    w = to_sparse(torch.eye(4, 6))
+    cache.get(dense, w, LinearProblem(1, 6, 4, False, format="csr", density=float(w.density)))
+    # w's only reference is now the cache entry
+
+cache = PreparedCache(max_entries=1)
+entry(cache)
+entry(cache)  # evicts the first: its weight dies inside get()'s lock
+assert len(cache) == 1
+cache.clear()  # the second dies inside clear()'s lock
+gc.collect()
+entry(cache)  # the lock is free; the dead weights were forgotten
+assert len(cache) == 1 and cache._by_weight.keys() == {k[0] for k in cache._entries}
+print("ok")
+"""
+
+
+def test_prepared_cache_never_deadlocks_when_an_entry_held_the_last_reference():
+    """An entry holds its weight; evicting or clearing it drops the weight's last reference and
+    runs the weight's finalizer *inside* the cache's locked region (before: the finalizer took
+    the same non-reentrant lock and the process hung -- it hung the held-bytes test above).
+    Run in a subprocess so that a regression fails (timeout) instead of hanging the suite."""
+    import os
+    import subprocess
+    import sys
+
+    try:
+        res = subprocess.run([sys.executable, "-c", _DEADLOCK_SCENARIO], capture_output=True,
+                             text=True, timeout=240, env={**os.environ})
+    except subprocess.TimeoutExpired:
+        pytest.fail("PreparedCache deadlocked (a finalizer re-entered its lock)")
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr[-2000:]

@@ -128,6 +128,10 @@ class PreparedCache:
         self._lock = threading.Lock()
         self._entries: OrderedDict = OrderedDict()
         self._by_weight: dict[int, set] = {}
+        #: ids of weights that died, forgotten at the next locked operation (a weakref finalizer
+        #: may run inside a locked region -- the cyclic GC runs at any allocation, an evicted
+        #: entry may drop a weight's last reference -- so it must not take the lock)
+        self._dead: list[int] = []
         self._nbytes = 0
         self.hits = self.misses = 0
 
@@ -137,6 +141,7 @@ class PreparedCache:
             return build(kernel, weight, problem)
         key = (id(weight), kernel.op, kernel.name, problem, _threads())
         with self._lock:
+            self._purge()
             hit = self._entries.get(key)
             if hit is not None:
                 self._entries.move_to_end(key)
@@ -144,6 +149,7 @@ class PreparedCache:
                 return hit
         prep = build(kernel, weight, problem)  # outside the lock: may take milliseconds
         with self._lock:
+            self._purge()
             self.misses += 1
             old = self._entries.get(key)
             if old is not None:  # another thread won the race: keep one
@@ -168,8 +174,12 @@ class PreparedCache:
             keys.discard(key)
 
     def _forget_weight(self, wid: int) -> None:
-        with self._lock:
-            for key in self._by_weight.pop(wid, ()):
+        self._dead.append(wid)  # no lock (see ``_dead``): list.append is atomic
+
+    def _purge(self) -> None:
+        """Forget the weights that died (the lock is held)."""
+        while self._dead:
+            for key in self._by_weight.pop(self._dead.pop(), ()):
                 prep = self._entries.pop(key, None)
                 if prep is not None:
                     self._nbytes -= prep.nbytes
@@ -177,6 +187,7 @@ class PreparedCache:
     def held(self, weight) -> list[Prepared]:
         """The prepared operands currently cached for ``weight``."""
         with self._lock:
+            self._purge()
             return [self._entries[k] for k in self._by_weight.get(id(weight), ())
                     if k in self._entries]
 
@@ -189,6 +200,7 @@ class PreparedCache:
         except kernel ``keep``'s; returns the bytes freed (tuning keeps only the winner's)."""
         freed = 0
         with self._lock:
+            self._purge()
             keys = self._by_weight.get(id(weight), set())
             for key in list(keys):
                 prep = self._entries.get(key)
@@ -205,6 +217,7 @@ class PreparedCache:
     def clear(self) -> None:
         """Drop every entry."""
         with self._lock:
+            self._purge()
             self._entries.clear()
             for keys in self._by_weight.values():
                 keys.clear()
