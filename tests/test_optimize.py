@@ -36,7 +36,7 @@ def test_optimize_end_to_end_tiny(tmp_path):
     res = _tiny(out, sparsity=0.8, export_onnx=tmp_path / "pruned.onnx")
     folder = out / res["results_dir"].rsplit("/", 1)[-1]
     assert folder.is_dir() and folder.name.startswith("optimize-smallcnn-")
-    assert sorted(p.name for p in folder.iterdir()) == ["model.pt", "results.json", "summary.md"]
+    assert sorted(p.name for p in folder.iterdir()) == ["model.safetensors", "results.json", "summary.md"]
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp folder left
     data = json.loads((folder / "results.json").read_text())
     assert data["verify"]["within_tolerance"] and data["verify"]["same_predictions"]
@@ -69,7 +69,7 @@ def test_optimize_end_to_end_tiny(tmp_path):
     assert "## Quantization" in summary and "| kmeans |" in summary
     assert "| batch |" in summary and "conv2" in summary and "BN not folded" in summary
     # the saved sparse model reloads and runs
-    model = snn.load(folder / "model.pt")
+    model = snn.load(folder / "model.safetensors")  # rebuilt from the arch record, no pickle
     x = torch.randn(2, 1, 8, 8)
     assert model(x).shape == (2, 10)
     # ONNX export of the pruned model, and import back through onnx2torch

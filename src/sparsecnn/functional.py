@@ -4,6 +4,15 @@
 The weight may be a dense tensor or any :class:`~sparsecnn.formats.SparseWeight`; ``algo`` picks
 a registered kernel by name, or ``"auto"`` lets :mod:`sparsecnn.dispatch` choose. Every argument
 is validated here, once, so kernels only compute.
+
+Gradients: kernels compute on plain arrays (no autograd). When gradients are enabled and the
+input or bias requires grad, :func:`run_kernel` runs the kernel inside an
+``torch.autograd.Function`` whose backward is the transposed product: ``grad_x = grad_y W``
+(linear), ``grad_x = conv2d_input(grad_y, W)`` (:func:`torch.nn.grad.conv2d_input`, the dense
+transposed convolution, with the densified weight), ``grad_bias = grad_y`` summed over all but
+the channel axis, through the fused ReLU's mask ``y > 0`` as :func:`torch.relu`'s backward.
+A sparse weight has no gradient (it is frozen data, not a tensor); a dense ``torch.Tensor``
+weight runs PyTorch's own differentiable op (weight gradient included).
 """
 
 from __future__ import annotations
@@ -23,7 +32,7 @@ from .kernels.capabilities import numba_threads
 from .problem import (ConvPoolProblem, ConvProblem, LinearProblem, Problem, conv_output_size,
                       dtype_name)
 
-__all__ = ["conv2d", "conv1d", "conv2d_pool", "linear", "resolve", "conv2d_problem",
+__all__ = ["conv2d", "conv1d", "conv2d_pool", "linear", "resolve", "run_kernel", "conv2d_problem",
            "conv1d_problem", "conv2d_pool_problem",
            "linear_problem", "conv_output_size"]
 
@@ -120,6 +129,69 @@ def resolve(problem: Problem, weight, algo: str = "auto"):
     return kernel, prepared.prepare(kernel, weight, problem)
 
 
+class _SparseOp(torch.autograd.Function):
+    """``y = run(prepared, x, bias)`` with the gradients of ``x`` and ``bias`` (module
+    docstring); the prepared operand's weight is a :class:`~sparsecnn.formats.SparseWeight`."""
+
+    @staticmethod
+    def forward(ctx, x, bias, run, prep):
+        y = run(prep, x, bias)
+        ctx.prep, ctx.x_shape = prep, x.shape
+        # the mask, not y: a caller may update y in place (compact's residual adds)
+        ctx.save_for_backward(y > 0 if prep.problem.relu else None)
+        return y
+
+    @staticmethod
+    def backward(ctx, gy):
+        prep = ctx.prep
+        p = prep.problem
+        (mask,) = ctx.saved_tensors
+        if mask is not None:
+            gy = gy * mask
+        gx = gb = None
+        if ctx.needs_input_grad[0]:
+            w = _dense_weight(prep, gy)
+            if p.op == "conv2d":
+                gx = torch.nn.grad.conv2d_input(ctx.x_shape, w, gy, p.stride, p.padding,
+                                                p.dilation, p.groups)
+            else:
+                gx = gy.mm(w)
+        if ctx.needs_input_grad[1]:
+            gb = gy.sum((0, 2, 3)) if p.op == "conv2d" else gy.sum(0)
+        return gx, gb, None, None
+
+
+def _dense_weight(prep, like: torch.Tensor) -> torch.Tensor:
+    """The densified weight in ``like``'s dtype and device: the dense kernel's prepared copy,
+    else a new one (not kept: backward is off the inference path)."""
+    if prep.kernel.name == "dense" and isinstance(prep.operand, torch.Tensor):
+        return prep.operand.to(device=like.device, dtype=like.dtype)  # a no-op when they match
+    return prep.weight.to_dense().to(device=like.device, dtype=like.dtype)
+
+
+def _needs_grad(x, bias) -> bool:
+    return torch.is_grad_enabled() and (x.requires_grad
+                                        or (bias is not None and bias.requires_grad))
+
+
+def run_kernel(run, prep, x: torch.Tensor, bias) -> torch.Tensor:
+    """``run(prep, x, bias)``, differentiable in ``x`` and ``bias`` when gradients are enabled
+    and either requires grad (the one place sparse ops meet autograd; see the module docstring).
+
+    Parameters
+    ----------
+    run : callable
+        A kernel's ``run``.
+    prep : Prepared
+        Its prepared operand (:func:`resolve`).
+    x, bias : torch.Tensor
+        Validated as by :func:`conv2d_problem` / :func:`linear_problem` (``x`` contiguous).
+    """
+    if _needs_grad(x, bias) and not isinstance(prep.weight, torch.Tensor):
+        return _SparseOp.apply(x, bias, run, prep)
+    return run(prep, x, bias)
+
+
 def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
            algo: str = "auto", relu: bool = False) -> torch.Tensor:
     """2-D convolution with the semantics of :func:`torch.nn.functional.conv2d`.
@@ -161,6 +233,9 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
     reaches only the outputs that *nonzero* weights connect it to; dense arithmetic (``0 * inf
     = nan``) also spreads it through the zeros. Finite inputs give the dense results up to
     float32 summation order (``docs/engine.md``).
+
+    Differentiable in ``x`` and ``bias`` through every kernel (:func:`run_kernel`); a sparse
+    weight has no gradient.
     """
     key = _call_key(x, weight, algo, stride, padding, dilation, groups, relu)
     hit = _CALLS.get(key) if key is not None else None
@@ -170,14 +245,14 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
             if bias is not None:
                 bias = _check_bias(bias, x, prep.problem.K)
             x4 = x.unsqueeze(0) if x.ndim == 3 else x
-            y = prep.kernel.run(prep, x4.contiguous(), bias)
+            y = run_kernel(prep.kernel.run, prep, x4.contiguous(), bias)
             return y[0] if x.ndim == 3 else y
     x4, problem, bias, unbatched = conv2d_problem(x, weight, bias, stride, padding, dilation,
                                                    groups, relu)
     kernel, prep = resolve(problem, weight, algo)
     if key is not None:
         _remember(key, prep)
-    y = kernel.run(prep, x4.contiguous(), bias)
+    y = run_kernel(kernel.run, prep, x4.contiguous(), bias)
     return y[0] if unbatched else y
 
 
@@ -385,14 +460,14 @@ def conv1d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
             if bias is not None:
                 bias = _check_bias(bias, x, prep.problem.K)
             x4 = (x.unsqueeze(0) if x.ndim == 2 else x).unsqueeze(2)
-            y = prep.kernel.run(prep, x4.contiguous(), bias).squeeze(2)
+            y = run_kernel(prep.kernel.run, prep, x4.contiguous(), bias).squeeze(2)
             return y[0] if x.ndim == 2 else y
     x4, w4, problem, bias, unbatched = conv1d_problem(x, weight, bias, stride, padding, dilation,
                                                       groups, relu)
     kernel, prep = resolve(problem, w4, algo)
     if key is not None:
         _remember(key, prep)
-    y = kernel.run(prep, x4.contiguous(), bias).squeeze(2)
+    y = run_kernel(kernel.run, prep, x4.contiguous(), bias).squeeze(2)
     return y[0] if unbatched else y
 
 
@@ -437,6 +512,14 @@ def conv2d_pool(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
         x, weight, bias, stride, padding, dilation, groups, relu, pool_kernel=pool_kernel,
         pool_stride=pool_stride, pool_padding=pool_padding, pool_dilation=pool_dilation,
         ceil_mode=ceil_mode)
+    if _needs_grad(x, bias) and not isinstance(weight, torch.Tensor):
+        # differentiable: the sparse conv (run_kernel's backward), then torch's max_pool2d
+        y = conv2d(x4, weight, bias, stride, padding, dilation, groups, relu=relu,
+                   algo=algo if algo in registry.names("conv2d") else "auto")
+        y = torch.nn.functional.max_pool2d(y, problem.pool_kernel, problem.pool_stride,
+                                           problem.pool_padding, problem.pool_dilation,
+                                           ceil_mode=problem.ceil_mode)
+        return y[0] if unbatched else y
     kernel, prep = resolve(problem, weight, algo)
     y = kernel.run(prep, x4.contiguous(), bias)
     return y[0] if unbatched else y
@@ -495,10 +578,14 @@ def linear(x, weight, bias=None, *, algo: str = "auto", relu: bool = False) -> t
     ------
     TypeError, ValueError
         As :func:`conv2d`: wrong types, ``in_features`` mismatch, bias shape, device, unknown algo.
+
+    Notes
+    -----
+    Differentiable in ``x`` and ``bias`` through every kernel (:func:`run_kernel`).
     """
     x2, problem, bias, lead = linear_problem(x, weight, bias, relu)
     kernel, prep = resolve(problem, weight, algo)
-    y = kernel.run(prep, x2, bias)
+    y = run_kernel(kernel.run, prep, x2, bias)
     return y.reshape(*lead, problem.out_features)
 
 

@@ -695,6 +695,7 @@ def optimize(model: str = "smallcnn", *, weights=None, data=None, train_data=Non
         "layers": {str(b): snn.layer_table(sparse, batch=b) for b in batch_sizes},
         "latency": timing,
         "model_bytes": {"dense": _param_bytes(pruned), "sparse": sizes["nbytes"],
+                        "sparse_held": sizes["held_nbytes"],
                         "sparse_layers_dense_equivalent": sizes["dense_nbytes"]},
         "tune_seconds": tune_s, "export_onnx": None,
         "notes": notes + [
@@ -717,12 +718,14 @@ def optimize(model: str = "smallcnn", *, weights=None, data=None, train_data=Non
 
 
 def _write_results(result: dict, sparse_model: nn.Module, out_dir) -> Path:
-    """Write results.json, summary.md and model.pt into a new results folder
-    (:func:`sparsecnn.results.results_folder`: atomic, an existing folder is never touched)."""
+    """Write results.json, summary.md and model.safetensors (:func:`sparsecnn.nn.save`: tensors +
+    JSON, no pickle) into a new results folder (:func:`sparsecnn.results.results_folder`: atomic,
+    an existing folder is never touched)."""
     from . import nn as snn
     with results_folder(out_dir, "optimize", result["model"]) as (tmp, final):
         result["results_dir"] = str(final)
-        snn.save(sparse_model, tmp / "model.pt")
+        arch = None if result["weights"].get("source") == "onnx" else result["model"]
+        snn.save(sparse_model, tmp / "model.safetensors", arch=arch)
         (tmp / "results.json").write_text(json.dumps(result, indent=1, default=str))
         (tmp / "summary.md").write_text(render_summary(result))
     return final

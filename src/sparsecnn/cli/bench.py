@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+import time
 
 from ..results import DEFAULT_PARENT
 from .main import UsageError

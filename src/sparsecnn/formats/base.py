@@ -147,6 +147,15 @@ class SparseWeight:
         inherited = [f for base in cls.__mro__[1:] for f in getattr(base, "families", ())]
         cls.families = tuple(dict.fromkeys([cls.format_name, *inherited]))
 
+    # -- immutability ------------------------------------------------------------------------
+    def __copy__(self) -> "SparseWeight":
+        return self  # immutable: a copy would be the same object (and keep its cached operands)
+
+    def __deepcopy__(self, memo) -> "SparseWeight":
+        # copy.deepcopy of an ndarray gives a *writable* copy: sharing the immutable object
+        # keeps the read-only arrays (and the kernels' prepared operands, keyed by identity)
+        return self
+
     # -- matrix view -------------------------------------------------------------------------
     @property
     def nrows(self) -> int:

@@ -233,6 +233,24 @@ class PreparedCache:
         """Bytes of prepared operands cached for ``weight`` (a dense copy, plans, ...)."""
         return sum(p.nbytes for p in self.held(weight))
 
+    def drop(self, weight, *, problem=None, keep: str | None = None) -> int:
+        """Forget the operands prepared for ``weight`` (only those for ``problem`` if given),
+        except kernel ``keep``'s; returns the bytes freed (tuning keeps only the winner's)."""
+        freed = 0
+        with self._lock:
+            keys = self._by_weight.get(id(weight), set())
+            for key in list(keys):
+                prep = self._entries.get(key)
+                if prep is not None and ((problem is not None and prep.problem != problem)
+                                         or prep.kernel.name == keep):
+                    continue
+                keys.discard(key)
+                if prep is not None:
+                    del self._entries[key]
+                    self._nbytes -= prep.nbytes
+                    freed += prep.nbytes
+        return freed
+
     def clear(self) -> None:
         """Drop every entry."""
         with self._lock:

@@ -10,16 +10,18 @@
   :func:`find_pool_fusions`, :func:`fuse_pool_` -- ``conv -> [ReLU] -> MaxPool2d`` into one
   :class:`SparseConvPool2d`.
 - :func:`layer_table`, :func:`model_nbytes` -- per-layer decisions and sizes, as plain data.
-- :func:`save`, :func:`load` -- a sparsified model to / from a file (atomic write).
+- :func:`save`, :func:`load` -- a sparsified model to / from a file that cannot run code
+  (safetensors tensors + JSON metadata, :mod:`sparsecnn.nn.serialize`).
 """
 
-from .convert import (layer_table, load, model_nbytes, save, sparse_modules, sparsify_, tune_)
+from .convert import layer_table, model_nbytes, sparse_modules, sparsify_, tune_
 from .fusion import (RewriteLog, RewriteWarning, check_rewrite, compact, find_relu_fusions,
                      fold_batchnorm, fuse_relu_, trace)
 from .modules import SparseConv1d, SparseConv2d, SparseLinear
 from .pool import SparseConvPool2d, find_pool_fusions, fuse_pool_
+from .serialize import load, read_header, save
 
 __all__ = ["SparseConv2d", "SparseConv1d", "SparseLinear", "SparseConvPool2d", "sparsify_",
            "find_pool_fusions", "fuse_pool_", "tune_", "fold_batchnorm",
            "find_relu_fusions", "fuse_relu_", "compact", "trace", "layer_table", "model_nbytes",
-           "sparse_modules", "save", "load", "RewriteWarning", "RewriteLog", "check_rewrite"]
+           "sparse_modules", "save", "load", "read_header", "RewriteWarning", "RewriteLog", "check_rewrite"]

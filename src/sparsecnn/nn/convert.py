@@ -1,24 +1,21 @@
 """Converting a pruned model for sparse inference: :func:`sparsify_` (torchao style, in place),
-per-layer tuning (:func:`tune_`), the per-layer table and save / load."""
+per-layer tuning (:func:`tune_`) and the per-layer table (files: :mod:`sparsecnn.nn.serialize`)."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Callable
 
 import torch
 from torch import nn
 
-from .._atomic import atomic_path
 from ..dispatch import DEFAULT_MARGIN, tune
+from ..kernels import prepared
 from .fusion import (RewriteLog, check_sparsified_, find_relu_fusions, fold_batchnorm, fuse_relu_,
                      reference_output, try_trace)
 from .modules import SparseConv1d, SparseConv2d, SparseLinear
 from .pool import find_pool_fusions, fuse_pool_
 
 SPARSE_MODULES = (SparseConv2d, SparseLinear)
-FILE_MAGIC = "sparsecnn-model"
-FILE_VERSION = 1
 
 
 def sparse_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -161,7 +158,9 @@ def tune_(model: nn.Module, example_input, *, margin: float = DEFAULT_MARGIN,
     :func:`sparsecnn.dispatch.tune` (warm-up, alternating blocks, outliers dropped, median;
     a wrong output is rejected; dense wins unless beaten by ``margin``; disturbed measurements
     are repeated and never cached). The results are kept in ``module.tuning[key]`` and the
-    choice in ``module.choices[key]``, ``key`` the layer's problem key at that input.
+    choice in ``module.choices[key]``, ``key`` the layer's problem key at that input; what the
+    other candidates prepared from the weight (the dense kernel's densified copy, plans) is
+    dropped from the prepared-operand cache, so a layer holds only what its chosen kernel uses.
 
     Parameters
     ----------
@@ -199,6 +198,8 @@ def tune_(model: nn.Module, example_input, *, margin: float = DEFAULT_MARGIN,
         mod.choices[key] = res.choice
         mod.tuning[key] = {**res.to_dict(), "batch": problem.batch, "act_density": act}
         mod.reset_plans()
+        # what the losing candidates prepared (a dense copy, plans) is not kept
+        prepared.CACHE.drop(mod.weight, problem=problem, keep=res.choice)
     return model
 
 
@@ -263,58 +264,3 @@ def model_nbytes(model: nn.Module) -> dict:
             held += nb
             dense += nb
     return {"nbytes": sparse, "held_nbytes": held, "dense_nbytes": dense}
-
-
-# ---------------------------------------------------------------------------------------------
-# save / load
-# ---------------------------------------------------------------------------------------------
-def save(model: nn.Module, path) -> Path:
-    """Save a sparsified model (architecture, sparse weights, kernel choices) to ``path``.
-
-    The file is ``torch.save`` of ``{"magic", "version", "model"}``: the whole module is pickled
-    (its class must be importable when loading); the per-shape plans and densified copies are
-    not stored (rebuilt at first use). Written atomically: a temporary file in the same
-    directory, then ``os.replace``.
-
-    Returns
-    -------
-    pathlib.Path
-        The path written.
-    """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        torch.save({"magic": FILE_MAGIC, "version": FILE_VERSION, "model": model}, tmp)
-    return path
-
-
-def load(path) -> nn.Module:
-    """Load a model written by :func:`save` (in eval mode).
-
-    The file is unpickled (``weights_only=False``): load only files you trust.
-
-    Raises
-    ------
-    FileNotFoundError
-        If ``path`` does not exist.
-    ValueError
-        If the file is corrupt, truncated, or not a sparsecnn model file.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no sparsecnn model file at {str(path)!r}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:
-        raise ValueError(f"{str(path)!r} is not a readable sparsecnn model file "
-                         f"({type(exc).__name__}: {exc})") from None
-    if not isinstance(obj, dict) or obj.get("magic") != FILE_MAGIC:
-        raise ValueError(f"{str(path)!r} is not a sparsecnn model file (written by sparsecnn.nn.save)")
-    if obj.get("version") != FILE_VERSION:
-        raise ValueError(f"{str(path)!r} has file version {obj.get('version')!r}; "
-                         f"this sparsecnn reads version {FILE_VERSION}")
-    model = obj["model"]
-    if not isinstance(model, nn.Module):
-        raise ValueError(f"{str(path)!r} does not hold a torch.nn.Module")
-    return model.eval()

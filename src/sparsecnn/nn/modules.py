@@ -15,27 +15,91 @@ the kernel and its prepared operand exactly as :func:`sparsecnn.conv2d` does
 (:func:`sparsecnn.functional.conv2d_problem`, :func:`sparsecnn.functional.resolve`) and remembers
 ``(kernel.run, prepared)`` for that signature; later calls with the same signature call the
 kernel directly.
+
+State (PyTorch semantics): ``state_dict()`` holds the sparse weight -- each array of its format
+as a tensor ``weight_<array>`` (``weight_rowptr``, ``weight_colidx``, ``weight_values`` for CSR),
+copies, never views of the format object's read-only memory -- the ``bias`` buffer, and under
+``_extra_state`` plain data: the format, dense shape and format parameters, the geometry, the
+fused-ReLU flag, ``algo``, the tuned ``choices`` and ``tuning``. ``load_state_dict`` rebuilds
+the format object through its validating constructor (a state of any nnz or format is accepted;
+a different op, weight shape, geometry or ReLU flag is a different architecture: an error), so
+``torch.save(model.state_dict())`` / ``torch.load(..., weights_only=True)`` round-trips, and
+``copy.deepcopy`` shares the immutable format object. The format object stays the one source
+of truth (it is not registered as buffers: a buffer would be a mutable alias of arrays a kernel
+trusts, or a second copy of them). ``.to(dtype)`` / ``.to(device)`` convert the bias; the sparse
+weight keeps its values (float32 from ``from_dense``), and an input of another dtype or device
+runs on a kernel that takes it (PyTorch's dense kernel computes in the input's dtype on its
+device); a module fixed to a kernel that cannot take the target dtype (device) refuses the
+conversion with a TypeError (ValueError).
+
+Gradients: with gradients enabled and an input (or bias) that requires grad, forward goes
+through :func:`sparsecnn.functional.run_kernel`'s ``autograd.Function``: input and bias
+gradients are exact (the transposed product with the densified weight), the sparse weight has
+none (it is frozen data; training mode with gradients enabled raises). Inputs that do not
+require grad take the plain path (no graph, no extra work).
 """
 
 from __future__ import annotations
 
+import copy
 import math
 
+import numpy as np
 import torch
 from torch import nn
 
+import warnings
+
 from .. import dispatch
 from .. import functional as Fs
-from ..formats import SparseWeight, to_sparse
+from ..formats import CSRWeight, SparseWeight, to_sparse
 from ..kernels import prepared, registry
 from ..problem import ConvProblem, LinearProblem, dtype_name
+from . import state as _state
 
 
 def _check_training(module: nn.Module) -> None:
     raise RuntimeError(
-        f"{type(module).__name__} is inference-only (its sparse kernels have no backward); "
-        "call model.eval() or run under torch.no_grad() / torch.inference_mode()"
+        f"{type(module).__name__} is inference-only: its sparse weight is frozen data with no "
+        "gradient, so it cannot be trained. Call model.eval() (input and bias gradients are "
+        "computed in eval mode, e.g. for saliency maps) or run under torch.no_grad() / "
+        "torch.inference_mode(); to train, train the dense model and sparsify it again"
     )
+
+
+def _empty_weight(shape) -> CSRWeight:
+    """An all-zero CSR weight of ``shape``: a placeholder that ``load_state_dict`` replaces."""
+    return CSRWeight(np.zeros(shape[0] + 1, np.int32), np.zeros(0, np.int32),
+                     np.zeros(0, np.float32), tuple(shape))
+
+
+def _clean_choices(choices, tuning, where: str) -> tuple[dict, dict]:
+    """The usable entries of a state's ``choices`` (problem key -> kernel name) and ``tuning``
+    (problem key -> tuning result with its ``batch``); malformed ones are dropped with one
+    warning (they are hints and report data: a kernel name is only ever run after
+    :meth:`_SparseBase.kernel_for` checked that it exists and can run here)."""
+    bad = []
+    if not isinstance(choices, dict):
+        bad.append(f"choices is a {type(choices).__name__}")
+        choices = {}
+    good_c = {k: v for k, v in choices.items() if isinstance(k, str) and isinstance(v, str) and v}
+    bad += [f"choice {k!r}: {v!r}" for k, v in choices.items() if k not in good_c]
+    if not isinstance(tuning, dict):
+        bad.append(f"tuning is a {type(tuning).__name__}")
+        tuning = {}
+    good_t = {}
+    for k, v in tuning.items():
+        why = dispatch.valid_entry(v) if isinstance(k, str) else "key is not a str"
+        if why is None and not (type(v.get("batch")) is int and v["batch"] >= 1):
+            why = f"'batch' must be a positive int, got {v.get('batch')!r}"
+        if why is None:
+            good_t[k] = copy.deepcopy(v)
+        else:
+            bad.append(f"tuning {k!r}: {why}")
+    if bad:
+        warnings.warn(f"{where}: ignored {len(bad)} malformed tuning entr"
+                      f"{'y' if len(bad) == 1 else 'ies'}: {'; '.join(bad[:3])}", stacklevel=4)
+    return good_c, good_t
 
 
 class _SparseBase(nn.Module):
@@ -84,11 +148,18 @@ class _SparseBase(nn.Module):
 
     def kernel_for(self, problem) -> str:
         """The kernel this module runs ``problem`` with: ``algo`` if fixed, else the tuned choice
-        for its signature, else :func:`sparsecnn.dispatch.choose`."""
+        for its signature (if that kernel can run it here), else :func:`sparsecnn.dispatch.choose`."""
         if self.algo != "auto":
             return self.algo
         name = self.choices.get(problem.key())
-        return name if name is not None else dispatch.choose(problem)
+        if name is not None:
+            # a choice tuned elsewhere (a loaded model) may name a kernel this machine lacks
+            try:
+                if registry.get(self.op, name).why_not(problem) is None:
+                    return name
+            except ValueError:
+                pass
+        return dispatch.choose(problem)
 
     @property
     def nbytes(self) -> int:
@@ -99,8 +170,12 @@ class _SparseBase(nn.Module):
     @property
     def held_nbytes(self) -> int:
         """Bytes this layer holds now: :attr:`nbytes` plus what its kernels prepared from the
-        weight and keep (a dense copy when the layer runs dense, offsets, plans)."""
-        return self.nbytes + prepared.CACHE.held_nbytes(self.weight)
+        weight and keep (a dense copy when the layer runs dense, offsets, plans): those in
+        the prepared-operand cache and those this module's plans still reference (an operand
+        the bounded cache evicted stays alive while a plan holds it), each counted once."""
+        preps = {id(p): p for p in prepared.CACHE.held(self.weight)}
+        preps.update((id(plan[1]), plan[1]) for plan in self._plans.values())
+        return self.nbytes + sum(p.nbytes for p in preps.values())
 
     @property
     def dense_nbytes(self) -> int:
@@ -115,17 +190,172 @@ class _SparseBase(nn.Module):
 
     def _apply(self, fn, *args, **kwargs):
         # .to() / .float() / .cuda() replace the bias buffer: plans hold the old one
+        self._check_conversion(fn)
         self._plans.clear()
         return super()._apply(fn, *args, **kwargs)
 
+    def _check_conversion(self, fn) -> None:
+        """Refuse ``.to(dtype / device)`` when the module is fixed to a kernel that cannot take
+        the target (``algo="auto"`` always can: PyTorch's dense kernel takes every float dtype
+        and device)."""
+        if self.algo == "auto":
+            return
+        try:  # what the conversion does to a float32 CPU tensor (fn is opaque)
+            probe = fn(torch.zeros(1))
+        except Exception:  # noqa: BLE001 - not a dtype/device conversion
+            return
+        if not isinstance(probe, torch.Tensor):
+            return
+        kernel = registry.get(self.op, self.algo)
+        dt = dtype_name(probe.dtype)
+        if dt != "float32" and dt not in kernel.dtypes:
+            raise TypeError(
+                f"{type(self).__name__} runs kernel {self.algo!r}, which takes {list(kernel.dtypes)} "
+                f"inputs only; cannot convert it to {dt}. Set algo='auto' (another dtype runs on "
+                "a kernel that takes it, PyTorch's dense kernel) or algo='dense' first")
+        dev = probe.device.type
+        if dev != "cpu" and dev not in kernel.devices:
+            raise ValueError(
+                f"{type(self).__name__} runs kernel {self.algo!r}, which runs on "
+                f"{list(kernel.devices)} only; cannot move it to {dev}. Set algo='auto' or "
+                "algo='dense' first")
+
+    # -- state dict ---------------------------------------------------------------------------
+    def _geometry(self) -> dict:  # pragma: no cover - per subclass
+        raise NotImplementedError
+
+    def get_extra_state(self) -> dict:
+        """The module's non-tensor state, as plain data (goes into ``state_dict()`` under
+        ``_extra_state``): format, shape and format parameters of the weight, geometry, ReLU
+        flag, ``algo``, tuned ``choices`` and ``tuning``."""
+        return {"version": _state.STATE_VERSION, "kind": type(self).__name__,
+                "weight": self._weight_meta(), "bias": self.bias is not None,
+                "geometry": self._geometry(), "relu": self.relu, "algo": self.algo,
+                "choices": dict(self.choices), "tuning": copy.deepcopy(self.tuning)}
+
+    def _weight_meta(self) -> dict:
+        return _state.weight_state(self.weight)[0]
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        _, arrays = _state.weight_state(self.weight)
+        for name, t in arrays.items():
+            destination[prefix + "weight_" + name] = t
+        super()._save_to_state_dict(destination, prefix, keep_vars)  # bias, _extra_state
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        for hook in self._load_state_dict_pre_hooks.values():
+            hook(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                 error_msgs)
+        mine = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)
+                and "." not in k[len(prefix):]}
+        meta = mine.pop("_extra_state", None)
+        bias = mine.pop("bias", None)
+        arrays = {k[len("weight_"):]: mine.pop(k) for k in list(mine) if k.startswith("weight_")}
+        unexpected_keys.extend(prefix + k for k in mine)
+        if meta is None:
+            missing_keys.append(prefix + "_extra_state")
+            missing_keys.extend(prefix + "weight_" + k for k in self.weight.arrays())
+            return
+        names = _state.array_names(meta.get("weight") if isinstance(meta, dict) else None)
+        if names is not None:  # the format is known: its arrays are keys like any other
+            unexpected_keys.extend(prefix + "weight_" + k for k in arrays if k not in names)
+            absent = [prefix + "weight_" + k for k in names if k not in arrays]
+            if absent:
+                missing_keys.extend(absent)
+                return
+            arrays = {k: arrays[k] for k in names}
+        try:
+            self._load_state(meta, arrays, bias, prefix)
+        except ValueError as exc:
+            error_msgs.append(str(exc))
+
+    def _load_state(self, meta, arrays: dict, bias, prefix: str = "") -> None:
+        """Validate a state (``get_extra_state`` data, weight arrays, bias) and adopt it; raises
+        ValueError naming what does not match, leaving the module unchanged."""
+        where = f"{prefix or type(self).__name__ + '.'}"
+        if not isinstance(meta, dict):
+            raise ValueError(f"{where}_extra_state must be an object, got {type(meta).__name__}")
+        version = meta.get("version")
+        if not isinstance(version, int) or version > _state.STATE_VERSION:
+            raise ValueError(f"{where}: state version {version!r}; this sparsecnn reads version "
+                             f"{_state.STATE_VERSION} (written by a newer sparsecnn?)")
+        if meta.get("kind") != type(self).__name__:
+            raise ValueError(f"{where}: the state is of a {meta.get('kind')!r}, the module is a "
+                             f"{type(self).__name__}")
+        weight = _state.weight_from_state(meta.get("weight"), arrays, where.rstrip("."))
+        if tuple(weight.shape) != tuple(self.weight.shape):
+            raise ValueError(f"{where}: weight of shape {weight.shape} in the state, the module's "
+                             f"is {self.weight.shape}")
+        geometry = meta.get("geometry")
+        if _state.json_copy(geometry, f"{where}geometry") != _state.json_copy(
+                self._geometry(), "geometry"):
+            raise ValueError(f"{where}: geometry {geometry} in the state, the module has "
+                             f"{self._geometry()}")
+        relu = meta.get("relu")
+        if relu is not self.relu:
+            raise ValueError(f"{where}: fused ReLU {relu!r} in the state, the module has "
+                             f"{self.relu} (the model's ReLU modules differ)")
+        algo = meta.get("algo")
+        if not isinstance(algo, str):
+            raise ValueError(f"{where}: algo must be a str, got {algo!r}")
+        if algo != "auto":
+            try:
+                registry.get(self.op, algo)
+            except ValueError as exc:
+                raise ValueError(f"{where}: {exc}") from None
+        has_bias = meta.get("bias")
+        if has_bias is True:
+            if not isinstance(bias, torch.Tensor) or not bias.is_floating_point() \
+                    or tuple(bias.shape) != (weight.shape[0],):
+                raise ValueError(f"{where}bias must be a floating tensor of shape "
+                                 f"({weight.shape[0]},), got "
+                                 f"{tuple(bias.shape) if isinstance(bias, torch.Tensor) else bias!r}")
+            old = self.bias
+            dtype = old.dtype if old is not None else torch.float32
+            device = old.device if old is not None else torch.device("cpu")
+            bias = bias.detach().to(device=device, dtype=dtype, copy=True).contiguous()
+        elif has_bias is False:
+            if bias is not None:
+                raise ValueError(f"{where}: the state says no bias but holds one")
+        else:
+            raise ValueError(f"{where}: 'bias' must be true or false, got {has_bias!r}")
+        choices, tuning = _clean_choices(meta.get("choices"), meta.get("tuning"), where)
+        self.weight = weight
+        self.bias = bias
+        self.algo, self.choices, self.tuning = algo, choices, tuning
+        self._plans.clear()
+
     def _plan(self, x: torch.Tensor, name: str | None = None):
-        """Validate, resolve and remember ``(kernel.run, prepared)`` for ``x``'s signature;
-        ``name`` overrides the module's choice (tuning runs each candidate)."""
+        """Validate, resolve and remember ``(kernel.run, prepared, bias)`` for ``x``'s
+        signature; ``name`` overrides the module's choice (tuning runs each candidate)."""
         problem, bias = self._problem_of(x)
         kernel, prep = Fs.resolve(problem, self.weight, name or self.kernel_for(problem))
-        if name is None:
+        own = self.bias
+        if name is None and not (own is not None and own.requires_grad and bias is not own):
+            # (a bias that needs its gradient and had to be converted is converted per call)
             self._plans[(x.shape, x.dtype, x.device)] = (kernel.run, prep, bias)
         return kernel.run, prep, bias
+
+    def _forward_grad(self, plan, x: torch.Tensor) -> torch.Tensor:
+        """The planned kernel through :func:`sparsecnn.functional.run_kernel` (autograd:
+        input and bias gradients), with the bias taken from the module now."""
+        bias = Fs._check_bias(self.bias, x, self.weight.shape[0])
+        return Fs.run_kernel(plan[0], plan[1], x.contiguous(), bias)
+
+
+def _conv_padding(conv: nn.Conv2d) -> tuple[int, int]:
+    """``conv.padding`` as a pair of ints (``"valid"`` / ``"same"`` resolved)."""
+    padding = conv.padding
+    if isinstance(padding, str):
+        if padding == "valid":
+            return (0, 0)
+        # "same" (PyTorch requires stride 1 for it)
+        tot = [d * (k - 1) for d, k in zip(conv.dilation, conv.kernel_size)]
+        if any(t % 2 for t in tot):
+            raise ValueError(f"padding='same' with even dilated kernel extent {tot} is not supported")
+        return (tot[0] // 2, tot[1] // 2)
+    return tuple(padding)
 
 
 class SparseConv2d(_SparseBase):
@@ -141,14 +371,18 @@ class SparseConv2d(_SparseBase):
         Apply ReLU to the output, fused into the kernel.
     algo : str
         A registered conv2d kernel name (``"dense"`` runs the densified weight) or ``"auto"``
-        (per batch: ``choices``, else the tuning cache, else the heuristic).
+        (per input signature: ``choices``, else the tuning cache, else the heuristic).
+
+    The bias is a buffer (frozen, like the sparse weight; ``bias.requires_grad_()`` asks for its
+    gradient). In eval mode, gradients flow to the input (and bias) through every kernel.
 
     Raises
     ------
     TypeError, ValueError
         On a non-sparse weight, a bias of the wrong shape, bad geometry or an unknown ``algo``.
     RuntimeError
-        From ``forward`` in training mode with gradients enabled (no backward exists).
+        From ``forward`` in training mode with gradients enabled (the sparse weight cannot be
+        trained).
 
     See Also
     --------
@@ -189,18 +423,21 @@ class SparseConv2d(_SparseBase):
             raise TypeError(f"expected an nn.Conv2d, got {type(conv).__name__}")
         if conv.padding_mode != "zeros":
             raise ValueError(f"only padding_mode='zeros' is supported, got {conv.padding_mode!r}")
-        padding = conv.padding
-        if isinstance(padding, str):
-            if padding == "valid":
-                padding = (0, 0)
-            else:  # "same" (PyTorch requires stride 1 for it)
-                tot = [d * (k - 1) for d, k in zip(conv.dilation, conv.kernel_size)]
-                if any(t % 2 for t in tot):
-                    raise ValueError(f"padding='same' with even dilated kernel extent {tot} is not supported")
-                padding = (tot[0] // 2, tot[1] // 2)
+        padding = _conv_padding(conv)
         w = to_sparse(conv.weight.detach().float(), format=format, **format_options)
         return cls(w, conv.bias, conv.stride, padding, conv.dilation, conv.groups,
                    relu=relu, algo=algo)
+
+    def _geometry(self) -> dict:
+        return {"stride": list(self.stride), "padding": list(self.padding),
+                "dilation": list(self.dilation), "groups": self.groups}
+
+    @classmethod
+    def _skeleton(cls, conv: nn.Conv2d, *, relu: bool = False) -> "SparseConv2d":
+        """A module with ``conv``'s geometry and an all-zero weight, to load a state into."""
+        w = conv.weight
+        return cls(_empty_weight(tuple(w.shape)), None, conv.stride, _conv_padding(conv),
+                   conv.dilation, conv.groups, relu=relu)
 
     def problem(self, x_shape, dtype: str = "float32", device: str = "cpu") -> ConvProblem:
         """The :class:`~sparsecnn.problem.ConvProblem` of an input of ``x_shape`` (N, C, H, W)."""
@@ -236,7 +473,10 @@ class SparseConv2d(_SparseBase):
                 raise ValueError(f"input must be 4-D (N, C, H, W) or 3-D (C, H, W), got shape "
                                  f"{tuple(x.shape)}")
             plan = self._plan(x)
-        return plan[0](plan[1], x.contiguous(), plan[2])
+        b = plan[2]
+        if x.requires_grad or (b is not None and b.requires_grad):
+            return self._forward_grad(plan, x)
+        return plan[0](plan[1], x.contiguous(), b)
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
@@ -368,7 +608,8 @@ class SparseLinear(_SparseBase):
     TypeError, ValueError
         As :class:`SparseConv2d`.
     RuntimeError
-        From ``forward`` in training mode with gradients enabled.
+        From ``forward`` in training mode with gradients enabled (the sparse weight cannot be
+        trained; eval mode gives input and bias gradients).
     """
 
     op = "linear"
@@ -387,6 +628,14 @@ class SparseLinear(_SparseBase):
             raise TypeError(f"expected an nn.Linear, got {type(linear).__name__}")
         w = to_sparse(linear.weight.detach().float(), format=format, **format_options)
         return cls(w, linear.bias, relu=relu, algo=algo)
+
+    def _geometry(self) -> dict:
+        return {}
+
+    @classmethod
+    def _skeleton(cls, linear: nn.Linear, *, relu: bool = False) -> "SparseLinear":
+        """A module of ``linear``'s shape with an all-zero weight, to load a state into."""
+        return cls(_empty_weight(tuple(linear.weight.shape)), None, relu=relu)
 
     def problem(self, x_shape, dtype: str = "float32", device: str = "cpu") -> LinearProblem:
         """The :class:`~sparsecnn.problem.LinearProblem` of a 2-D input of ``x_shape``."""
@@ -418,7 +667,10 @@ class SparseLinear(_SparseBase):
                 return self.forward(x.reshape(math.prod(lead), self.in_features)).reshape(
                     *lead, self.out_features)
             plan = self._plan(x)
-        return plan[0](plan[1], x.contiguous(), plan[2])
+        b = plan[2]
+        if x.requires_grad or (b is not None and b.requires_grad):
+            return self._forward_grad(plan, x)
+        return plan[0](plan[1], x.contiguous(), b)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "

@@ -101,7 +101,7 @@ import torch
 import torch.nn as nn
 
 from . import distributed as D
-from .masks import _keep_top, _mask_param, check_sparsity, raw_weight, select_layers, set_mask_
+from .masks import _keep_top, _mask_param, check_sparsity, select_layers, set_mask_
 from .schedule import agp_sparsity
 
 
