@@ -1,0 +1,293 @@
+"""Functional sparse convolution and pooling on :class:`~sparsecnn.spatial.SparseTensor`.
+
+All argument checking happens here; the kernels (:mod:`sparsecnn.spatial.kernels`) and rulebook
+builders (:mod:`sparsecnn.spatial.rulebook`) assume valid input.
+
+- :func:`sparse_conv` -- submanifold (``kind="subm"``), regular (``"conv"``) or inverse
+  (``"inverse"``) convolution with a torch-layout weight (C_out, C_in, k_1, ..., k_D).
+- :func:`sparse_max_pool` -- max over the active sites of each window (regular output sites).
+- :func:`get_rulebook` -- the rulebook of a layer, from the tensor's ``indice_dict`` or built and
+  stored there.
+
+Gradients: input features, weight and bias are differentiable (a ``torch.autograd.Function``:
+the input gradient is the same fused kernel over the transposed rulebook with ``W_k^T``; the weight
+gradient is ``X[in_k]^T dY[out_k]`` per offset).
+"""
+
+from __future__ import annotations
+
+from numbers import Integral
+
+import numba
+import numpy as np
+import torch
+
+from . import kernels as K
+from .rulebook import Geometry, RuleBook, build_conv, build_subm
+from .tensor import CoordSet, SparseTensor
+
+
+def _tuple(v, d: int, name: str) -> tuple[int, ...]:
+    if isinstance(v, Integral) and not isinstance(v, bool):
+        v = (int(v),) * d
+    try:
+        t = tuple(v)
+    except TypeError:
+        raise TypeError(f"{name} must be an int or a sequence of {d} ints, got {v!r}") from None
+    if len(t) != d or not all(isinstance(a, Integral) and not isinstance(a, bool) for a in t):
+        raise ValueError(f"{name} must be an int or {d} ints, got {v!r}")
+    return tuple(int(a) for a in t)
+
+
+def make_geometry(kind: str, ndim: int, kernel_size, stride=1, padding=0, dilation=1) -> Geometry:
+    """Validated :class:`Geometry`. For ``kind="subm"`` the kernel must be odd, stride 1, and
+    ``padding`` is ignored (the window is centred: ``d (k - 1) / 2``).
+
+    Raises
+    ------
+    ValueError
+        Unknown kind, sizes < 1 (padding < 0), an even submanifold kernel or a strided one.
+    """
+    if kind not in ("subm", "conv", "inverse"):
+        raise ValueError(f"kind must be 'subm', 'conv' or 'inverse', got {kind!r}")
+    ks = _tuple(kernel_size, ndim, "kernel_size")
+    st = _tuple(stride, ndim, "stride")
+    dl = _tuple(dilation, ndim, "dilation")
+    pd = _tuple(padding, ndim, "padding")
+    if min(ks) < 1 or min(st) < 1 or min(dl) < 1:
+        raise ValueError(f"kernel_size, stride and dilation must be >= 1, got {ks}, {st}, {dl}")
+    if min(pd) < 0:
+        raise ValueError(f"padding must be >= 0, got {pd}")
+    if kind == "subm":
+        if any(k % 2 == 0 for k in ks):
+            raise ValueError(f"submanifold convolution needs an odd kernel_size, got {ks}")
+        if any(s != 1 for s in st):
+            raise ValueError(f"submanifold convolution has stride 1, got {st}")
+        pd = tuple(d * (k - 1) // 2 for k, d in zip(ks, dl))
+    return Geometry(kind, ks, st, pd, dl)
+
+
+def get_rulebook(x: SparseTensor, geometry: Geometry, indice_key: str | None = None) -> tuple[RuleBook, CoordSet]:
+    """The rulebook of a layer of ``geometry`` applied to ``x`` and its output coordinate set.
+
+    Looked up in ``x.indice_dict`` under ``(x.coord_set, geometry)`` (and, for
+    ``kind="inverse"``, under ``indice_key``: the forward convolution whose rulebook is
+    transposed); built and stored there when absent. A regular convolution's rulebook is also
+    stored under ``indice_key`` if given, for the inverse convolution that undoes it.
+
+    Raises
+    ------
+    KeyError
+        ``kind="inverse"`` and no forward rulebook is stored under ``indice_key`` (or it does not
+        end on ``x``'s sites).
+    """
+    cs = x.coord_set
+    cache = x.indice_dict
+    if geometry.kind == "inverse":
+        fwd = cache.get(indice_key) if indice_key is not None else None
+        if fwd is None:
+            raise KeyError(f"SparseInverseConv needs the rulebook of the forward SparseConv with "
+                           f"indice_key={indice_key!r}; none is stored on this tensor "
+                           f"(known keys: {sorted(k for k in cache if isinstance(k, str))})")
+        if fwd.coords_out is not cs:
+            raise KeyError(f"the rulebook stored under indice_key={indice_key!r} does not end on "
+                           "this tensor's sites (the inverse convolution must get the forward "
+                           "convolution's output sites)")
+        g = fwd.geometry
+        if (g.kernel_size, g.stride, g.padding, g.dilation) != (
+                geometry.kernel_size, geometry.stride, geometry.padding, geometry.dilation):
+            raise ValueError(f"inverse convolution geometry {geometry} does not match the forward "
+                             f"one stored under {indice_key!r}: {g}")
+        rb = fwd.transposed()
+        return rb, rb.coords_out
+    key = (cs, geometry)
+    rb = cache.get(key)
+    if rb is None:
+        if geometry.kind == "subm":
+            rb = build_subm(cs, geometry)
+        else:
+            rb, out_coords, oshape, okeys, table = build_conv(cs, geometry)
+            rb.coords_out = CoordSet(out_coords, oshape, cs.batch_size, keys=okeys, table=table)
+        cache[key] = rb
+    if indice_key is not None and geometry.kind == "conv":
+        cache[indice_key] = rb
+    elif indice_key is not None and indice_key not in cache:
+        cache[indice_key] = rb
+    return rb, rb.coords_out
+
+
+def _weight_kio(weight: torch.Tensor, ndim: int) -> torch.Tensor:
+    """(C_out, C_in, *k) -> (K, C_in, C_out) contiguous (differentiable)."""
+    cout, cin = weight.shape[:2]
+    perm = (*range(2, 2 + ndim), 1, 0)
+    return weight.permute(perm).reshape(-1, cin, cout).contiguous()
+
+
+def _run(x: torch.Tensor, w_kio: torch.Tensor, bias, rb: RuleBook, algo: str) -> torch.Tensor:
+    if algo == "fused":
+        return K.conv_fused(x, w_kio, bias, rb.nbr)
+    starts, ii, oo = rb.pairs()
+    return K.conv_gemm(x, w_kio, bias, (starts, ii, oo, rb.n_out))
+
+
+class _SparseConvFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, w_kio, bias, rb, algo):
+        ctx.save_for_backward(x, w_kio)
+        ctx.rb, ctx.algo, ctx.has_bias = rb, algo, bias is not None
+        with torch.no_grad():
+            return _run(x.contiguous(), w_kio, bias, rb, algo)
+
+    @staticmethod
+    def backward(ctx, gy):
+        x, w_kio = ctx.saved_tensors
+        rb = ctx.rb
+        gy = gy.contiguous()
+        gx = gw = gb = None
+        if ctx.needs_input_grad[0]:
+            # dX[i] = sum_k W_k dY[j] over the transposed rulebook (gather-GEMM-scatter is its
+            # own transpose)
+            wt = w_kio.transpose(1, 2).contiguous()
+            algo = ctx.algo if K.supported(ctx.algo, _problem(gy, wt, rb.transposed())) else "gemm"
+            gx = _run(gy, wt, None, rb.transposed(), algo)
+        if ctx.needs_input_grad[1]:
+            starts, ii, oo = rb.pairs()
+            ti, to = torch.from_numpy(ii), torch.from_numpy(oo)
+            gw = torch.zeros_like(w_kio)
+            for k in range(w_kio.shape[0]):
+                s, e = int(starts[k]), int(starts[k + 1])
+                if e > s:
+                    gw[k] = x.index_select(0, ti[s:e]).T @ gy.index_select(0, to[s:e])
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            gb = gy.sum(0)
+        return gx, gw, gb, None, None
+
+
+def _problem(x: torch.Tensor, w_kio: torch.Tensor, rb: RuleBook) -> K.ConvProblem:
+    return K.ConvProblem(n_in=rb.n_in, n_out=rb.n_out, c_in=w_kio.shape[1], c_out=w_kio.shape[2],
+                         volume=rb.volume, n_pairs=-1, kind=rb.geometry.kind,
+                         threads=numba.get_num_threads())
+
+
+def sparse_conv(x: SparseTensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
+                kind: str = "subm", stride=1, padding=0, dilation=1, indice_key: str | None = None,
+                algo: str | None = None) -> SparseTensor:
+    """Sparse convolution of ``x`` with a torch-layout weight.
+
+    Parameters
+    ----------
+    x : SparseTensor with ``D`` spatial dims and ``C_in`` channels
+    weight : torch.Tensor (C_out, C_in, k_1, ..., k_D) float32
+        As ``torch.nn.ConvNd.weight``. For ``kind="inverse"`` too (C_out = the finer level's
+        channels); the dense reference is then ``conv_transposeNd`` with ``weight.transpose(0, 1)``.
+    bias : torch.Tensor (C_out,) float32, optional
+    kind : {"subm", "conv", "inverse"}
+        ``"subm"``: output sites = input sites, centred odd window (Graham & van der Maaten
+        2017) -- equal to ``F.conv3d(dense, weight, padding=d(k-1)/2, dilation=d)`` at the active
+        sites. ``"conv"``: output sites = every site whose window holds an active input -- equal
+        to ``F.conv3d(dense, weight, stride, padding, dilation)`` there (zero elsewhere, bias
+        aside). ``"inverse"``: the transposed convolution back onto the input sites of the
+        ``"conv"`` layer stored under ``indice_key`` (spconv's ``SparseInverseConv``).
+    stride, padding, dilation : int or D ints
+        As torch's; ignored for ``"subm"`` except ``dilation``; taken from the forward layer for
+        ``"inverse"`` (must match if given).
+    indice_key : str, optional
+        Name under which a ``"conv"`` stores its rulebook (for a later ``"inverse"``).
+    algo : {"fused", "gemm"}, optional
+        Force an algorithm; default :func:`sparsecnn.spatial.kernels.choose_algorithm`.
+
+    Returns
+    -------
+    SparseTensor (P_out, C_out), sharing ``x.indice_dict``.
+
+    Raises
+    ------
+    TypeError
+        ``x`` not a SparseTensor, ``weight`` / ``bias`` not float32 tensors.
+    ValueError
+        Weight rank or channel mismatch, bad geometry, unknown ``algo``.
+    KeyError
+        ``"inverse"`` without a stored forward rulebook.
+    """
+    if not isinstance(x, SparseTensor):
+        raise TypeError(f"x must be a SparseTensor, got {type(x).__name__}")
+    if not isinstance(weight, torch.Tensor) or weight.dtype != torch.float32:
+        raise TypeError(f"weight must be a float32 torch.Tensor, got "
+                        f"{getattr(weight, 'dtype', type(weight).__name__)}")
+    d = x.ndim_spatial
+    if weight.dim() != 2 + d:
+        raise ValueError(f"weight must be (C_out, C_in, {', '.join(['k'] * d)}) for {d}-D input, "
+                         f"got shape {tuple(weight.shape)}")
+    if weight.shape[1] != x.channels:
+        raise ValueError(f"weight expects C_in = {weight.shape[1]} but x has {x.channels} channels")
+    if bias is not None:
+        if not isinstance(bias, torch.Tensor) or bias.dtype != torch.float32:
+            raise TypeError("bias must be a float32 torch.Tensor or None")
+        if tuple(bias.shape) != (weight.shape[0],):
+            raise ValueError(f"bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
+    if algo is not None and algo not in K.ALGORITHMS:
+        raise ValueError(f"algo must be one of {K.ALGORITHMS} or None, got {algo!r}")
+    ks = tuple(weight.shape[2:])
+    if kind == "inverse":
+        fwd = x.indice_dict.get(indice_key) if indice_key is not None else None
+        if fwd is not None:
+            g = fwd.geometry
+            stride, padding, dilation = g.stride, g.padding, g.dilation
+    geometry = make_geometry(kind, d, ks, stride, padding, dilation)
+    rb, cs_out = get_rulebook(x, geometry, indice_key)
+    w_kio = _weight_kio(weight, d)
+    feats = x.features
+    p = K.ConvProblem(n_in=rb.n_in, n_out=rb.n_out, c_in=w_kio.shape[1], c_out=w_kio.shape[2],
+                      volume=rb.volume, n_pairs=-1, kind=geometry.kind,
+                      threads=numba.get_num_threads())
+    if algo is None:
+        algo = K.choose_algorithm(p)
+    elif not K.supported(algo, p):
+        raise ValueError(f"algo {algo!r} does not support C_out = {p.c_out} (needs a multiple of 8)")
+    if torch.is_grad_enabled() and (feats.requires_grad or weight.requires_grad or
+                                    (bias is not None and bias.requires_grad)):
+        y = _SparseConvFn.apply(feats, w_kio, bias, rb, algo)
+    else:
+        y = _run(feats.contiguous(), w_kio, bias, rb, algo)
+    return SparseTensor._make(y, cs_out, x.indice_dict)
+
+
+class _MaxPoolFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, rb):
+        y, arg = K.maxpool(x.contiguous(), rb.nbr)
+        ctx.save_for_backward(arg)
+        ctx.n_in = x.shape[0]
+        return y
+
+    @staticmethod
+    def backward(ctx, gy):
+        (arg,) = ctx.saved_tensors
+        gx = gy.new_zeros((ctx.n_in, gy.shape[1]))
+        gx.scatter_add_(0, arg, gy)
+        return gx, None
+
+
+def sparse_max_pool(x: SparseTensor, kernel_size, stride=None, padding=0, dilation=1,
+                    indice_key: str | None = None) -> SparseTensor:
+    """Sparse max-pooling (spconv's ``SparseMaxPool``): output sites as a regular sparse
+    convolution of the same geometry, each the per-channel max over the *active* sites of its
+    window (inactive sites are not zeros here; the dense reference is ``F.max_pool3d`` on the
+    densified input with ``-inf`` at inactive sites). ``stride`` defaults to ``kernel_size``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`sparse_conv`.
+    """
+    if not isinstance(x, SparseTensor):
+        raise TypeError(f"x must be a SparseTensor, got {type(x).__name__}")
+    d = x.ndim_spatial
+    geometry = make_geometry("conv", d, kernel_size, kernel_size if stride is None else stride,
+                             padding, dilation)
+    rb, cs_out = get_rulebook(x, geometry, indice_key)
+    if torch.is_grad_enabled() and x.features.requires_grad:
+        y = _MaxPoolFn.apply(x.features, rb)
+    else:
+        y, _ = K.maxpool(x.features.contiguous(), rb.nbr)
+    return SparseTensor._make(y, cs_out, x.indice_dict)
