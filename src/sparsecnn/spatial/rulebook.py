@@ -295,9 +295,11 @@ def build_conv(cs, geometry: Geometry):
                          f"{geometry.kernel_size}, stride {geometry.stride}, padding "
                          f"{geometry.padding}, dilation {geometry.dilation}: output {oshape}")
     ostrides = _row_strides(cs.batch_size, oshape)
-    # at most prod(ceil(k_i / s_i)) offsets of the window reach a given input
-    per = int(np.prod([-(-k // s) for k, s in zip(geometry.kernel_size, geometry.stride)]))
-    per = min(per, geometry.volume)
+    # offsets of the window that can reach one input: per dimension, the most kernel taps a
+    # with the same a * d mod s (ceil(k / s) without dilation)
+    per = 1
+    for k, s, d in zip(geometry.kernel_size, geometry.stride, geometry.dilation):
+        per *= max(np.bincount([(a * d) % s for a in range(k)]))
     cand = np.empty(cs.n * per, dtype=np.int64)
     ncand = np.empty(cs.n, dtype=np.int64)
     oshape_a = np.asarray(oshape, dtype=np.int64)
