@@ -9,7 +9,8 @@ so a neighbour at offset ``d`` (inside the grid) has key ``key + sum_i d_i * str
 The table maps keys to row numbers (the ``H_in`` / ``H_out`` tables of the submanifold
 convolution lecture): a power-of-two array of ``(key, value)`` int64 pairs, so a probe reads a
 single cache line; empty slots hold key ``-1``. Slots are found by Fibonacci hashing (the key
-times 2^64 / phi, top bits) and linear probing.
+times 2^64 / phi, top bits) of groups of four consecutive keys (one cache line per group, see
+:func:`slot_of`) and linear probing.
 
 The build is parallel over the keys and takes no lock: a thread claims an empty slot with one
 atomic compare-and-swap on the key (``cmpxchg``, emitted as LLVM IR by :func:`_cas_i64`), then
@@ -56,10 +57,18 @@ def table_bits(n: int) -> int:
     return max(4, int(2 * max(n, 1) - 1).bit_length())
 
 
+GROUP_BITS = 2   # 2^GROUP_BITS consecutive keys share one cache line of slots
+
+
 @njit(cache=True, nogil=True, inline="always")
 def slot_of(key, shift):
-    """Home slot of ``key``: Fibonacci hashing, the top ``64 - shift`` bits of key * 2^64/phi."""
-    return np.int64((np.uint64(key) * _GOLDEN) >> np.uint64(shift))
+    """Home slot of ``key``: Fibonacci hashing of ``key >> GROUP_BITS`` (the top bits of the
+    product with 2^64/phi) for the group, plus ``key``'s position in its group -- so the
+    ``2^GROUP_BITS`` keys of a run along the last axis (x neighbours) share one 64-byte line of
+    four 16-byte slots, and one lookup's miss serves its x neighbours' lookups too."""
+    g = np.uint64(key) >> np.uint64(GROUP_BITS)
+    h = (g * _GOLDEN) >> np.uint64(shift + GROUP_BITS)
+    return np.int64(h << np.uint64(GROUP_BITS)) | (key & ((1 << GROUP_BITS) - 1))
 
 
 @njit(cache=True, nogil=True, inline="always")
