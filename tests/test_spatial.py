@@ -355,3 +355,50 @@ def test_voxelize_batch_has_distinct_rotated_copies(scan):
     a = {tuple(r[1:]) for r in c[c[:, 0] == 0].tolist()}
     b = {tuple(r[1:]) for r in c[c[:, 0] == 1].tolist()}
     assert a != b
+
+
+# ---------------------------------------------------------------------------------------------
+# the benchmark command (tiny, on a home-made OFF mesh so it runs without the shared data)
+OCTAHEDRON = """OFF
+6 8 0
+1 0 0
+-1 0 0
+0 1 0
+0 -1 0
+0 0 1
+0 0 -1
+3 0 2 4
+3 2 1 4
+3 1 3 4
+3 3 0 4
+3 2 0 5
+3 1 2 5
+3 3 1 5
+3 0 3 5
+"""
+
+
+def test_bench_spatial_command(tmp_path):
+    pytest.importorskip("trimesh")
+    import json
+
+    from sparsecnn.cli.main import main
+
+    off = tmp_path / "octa.off"
+    off.write_text(OCTAHEDRON)
+    out = tmp_path / "res"
+    rc = main(["bench-spatial", "--scans", str(off), "--res", "24", "--channels", "8",
+               "--batch", "1", "2", "--min-time", "0", "--max-reps", "3", "--network",
+               "--network-res", "24", "--scan-network", str(off), "--out", str(out),
+               "--no-progress"])
+    assert rc == 0
+    doc = json.loads((out / "spatial.json").read_text())
+    ours = [r for r in doc["rows"] if r["provider"] == "sparsecnn"]
+    assert len(ours) == 2 and all(r["fresh_ms"] > 0 and r["reused_ms"] > 0 for r in ours)
+    dense = [r for r in doc["rows"] if r["provider"] == "dense conv3d"]
+    assert all(r["max_abs_err"] < 1e-3 for r in dense)
+    if doc["meta"]["spconv"]:
+        assert all(r["max_abs_err"] < 1e-3 for r in ours)
+        assert doc["network"]["same_sites"] and doc["network"]["max_abs_err"] < 1e-3
+    assert (out / "spatial.csv").read_text().startswith("scan,res,batch")
+    assert main(["bench-spatial", "--scans", "no-such-mesh", "--out", str(tmp_path / "x")]) == 2

@@ -49,6 +49,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--network", action="store_true",
                    help="also time a small sparse encoder end to end against spconv")
     p.add_argument("--network-res", type=int, default=128, help="its resolution (default: 128)")
+    p.add_argument("--scan-network", default="bunny", metavar="NAME",
+                   help="its scan (default: bunny)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", metavar="DIR",
                    help="results folder (must not exist); default sparsecnn-results/spatial-<time>")
@@ -73,7 +75,7 @@ def run(args) -> int:
     from ..spatial.meshes import mesh_path
 
     console = Console(width=None if sys.stdout.isatty() else 220)
-    for s in args.scans:
+    for s in [*args.scans, *([args.scan_network] if args.network else [])]:
         if mesh_path(s) is None:
             raise UsageError(f"mesh {s!r} not found: the shared data (../shared/data/meshes or "
                              "$SPARSECNN_SHARED_DATA/meshes) is absent or has no such scan")
@@ -112,8 +114,8 @@ def run(args) -> int:
         rows, meta = B.run(cfg, progress)
         network = None
         if args.network:
-            progress(f"encoder bunny {args.network_res}^3")
-            network = B.run_network(cfg, "bunny", args.network_res)
+            progress(f"encoder {args.scan_network} {args.network_res}^3")
+            network = B.run_network(cfg, args.scan_network, args.network_res)
         prog.advance(task)
     meta["machine"] = machine_info(threads)
     meta["elapsed_s"] = round(time.perf_counter() - t0, 1)

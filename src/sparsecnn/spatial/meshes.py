@@ -24,9 +24,12 @@ MESHES = {"bunny": "bunny00.off", "armadillo": "armadillo.off"}
 
 
 def mesh_path(name: str, data_dir=None) -> Path | None:
-    """Path of a shared mesh (``"bunny"``, ``"armadillo"`` or a file name), None if absent."""
+    """Path of a mesh: an existing file, or a shared one (``"bunny"``, ``"armadillo"`` or a file
+    name under ``<shared data>/meshes``); None if absent."""
     from ..data import shared_data_dir
 
+    if name not in MESHES and Path(name).is_file():
+        return Path(name)
     base = Path(data_dir) if data_dir is not None else shared_data_dir()
     if base is None:
         return None
@@ -92,7 +95,7 @@ def voxelize(name_or_path, resolution: int, channels: int = 1, batch: int = 1, s
     FileNotFoundError
         Unknown name (and no shared data) or missing file.
     """
-    path = mesh_path(name_or_path, data_dir) if name_or_path in MESHES else Path(name_or_path)
+    path = mesh_path(str(name_or_path), data_dir)
     if path is None:
         raise FileNotFoundError(f"mesh {name_or_path!r} not found (shared data absent?)")
     mesh = load_mesh(path)
