@@ -37,6 +37,10 @@ from numba import njit, prange
 
 from .hashing import lookup, unique_sorted
 
+#: Use :func:`_subm_map_sorted` when the coordinates are in lexicographic order (tests switch it
+#: off to check both builders).
+SORTED_FAST_PATH = True
+
 
 @dataclass(frozen=True)
 class Geometry:
@@ -187,6 +191,97 @@ def _subm_map(coords, keys, table, shift, mask, offs, deltas, shape, nbr):
                     nbr[i, kvol - 1 - k] = j
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _record(nbr, kvol, j, k, i):
+    nbr[j, k] = i
+    nbr[i, kvol - 1 - k] = j
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _subm_map_sorted(coords, keys, table, shift, mask, row_offs, row_deltas, kx, shape, chunk,
+                     nbr):
+    """:func:`_subm_map` for strictly ascending ``keys`` and dilation 1, with few lookups.
+
+    Offsets are rows (over the first D - 1 dims, ``row_offs`` / ``row_deltas``) of ``kx`` taps
+    along x. Sites of one x-run are consecutive keys, so after one hit in a row window the other
+    neighbours of that window are the next rows of ``keys`` (a scan, no hashing); and when site
+    ``j - 1`` is the x-neighbour of ``j``, ``j``'s windows are ``j - 1``'s shifted by one tap:
+    only the new rightmost tap is checked (the row after the window's last hit, or one lookup if
+    the window was empty). The centre row needs no lookup at all (the x-neighbours below ``j`` are
+    rows ``j - 1, j - 2, ...``). Tasks are chunks of ``chunk`` sites (their first site scans).
+    """
+    p, kvol = nbr.shape
+    nrows = row_offs.shape[0]
+    nd1 = row_offs.shape[1]
+    hx = kx // 2
+    rc = nrows // 2
+    c = rc * kx + hx
+    wx = shape[nd1]
+    nchunks = (p + chunk - 1) // chunk
+    for q in prange(nchunks):
+        for j in range(q * chunk, min(p, (q + 1) * chunk)):
+            nbr[j, c] = j
+            kj = keys[j]
+            x = coords[j, 1 + nd1]
+            # centre row, taps left of the centre: rows j-1, j-2, ... of the same x-run
+            lo = kj - min(hx, x)
+            i = j - 1
+            while i >= 0 and keys[i] >= lo:
+                _record(nbr, kvol, j, c - (kj - keys[i]), i)
+                i -= 1
+            t0 = max(0, hx - x)
+            t1 = min(kx, wx - x + hx)
+            slide = j > q * chunk and x > 0 and keys[j - 1] == kj - 1
+            for r in range(rc):
+                ok = True
+                for d in range(nd1):
+                    v = coords[j, 1 + d] + row_offs[r, d]
+                    if v < 0 or v >= shape[d]:
+                        ok = False
+                        break
+                if not ok:
+                    continue
+                base = kj + row_deltas[r] - hx          # key of tap t is base + t
+                k0 = r * kx
+                if slide:
+                    last = -1
+                    for t in range(t0, kx - 1):
+                        i = nbr[j - 1, k0 + t + 1]
+                        if i >= 0:
+                            _record(nbr, kvol, j, k0 + t, i)
+                            last = i
+                    if t1 == kx:                          # the new rightmost tap
+                        want = base + kx - 1
+                        if last >= 0:
+                            if last + 1 < p and keys[last + 1] == want:
+                                _record(nbr, kvol, j, k0 + kx - 1, last + 1)
+                        else:
+                            i = lookup(table, shift, mask, want)
+                            if i >= 0:
+                                _record(nbr, kvol, j, k0 + kx - 1, i)
+                else:
+                    for t in range(t0, t1):
+                        i = lookup(table, shift, mask, base + t)
+                        if i >= 0:
+                            _record(nbr, kvol, j, k0 + t, i)
+                            hi = base + t1
+                            i += 1
+                            while i < p and keys[i] < hi:
+                                _record(nbr, kvol, j, k0 + keys[i] - base, i)
+                                i += 1
+                            break
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _strictly_ascending(keys):
+    n = keys.shape[0]
+    bad = 0
+    for i in prange(1, n):
+        if keys[i] <= keys[i - 1]:
+            bad += 1
+    return bad == 0
+
+
 def _row_strides(batch: int, shape: tuple[int, ...]) -> np.ndarray:
     """Row-major strides (int64) of the grid ``(batch, *shape)``."""
     dims = (batch, *shape)
@@ -209,9 +304,16 @@ def build_subm(cs, geometry: Geometry) -> RuleBook:
     deltas = offs @ strides
     nbr = np.empty((cs.n, geometry.volume), dtype=np.int32)
     _fill_i32(nbr, -1)
-    if cs.n:
+    shape = np.asarray(cs.spatial_shape, dtype=np.int64)
+    if cs.n and SORTED_FAST_PATH and cs.is_sorted() and all(d == 1 for d in geometry.dilation):
+        kx = geometry.kernel_size[-1]
+        row_offs = np.ascontiguousarray(offs[::kx, :-1])         # (rows, D - 1)
+        row_deltas = row_offs @ strides[:-1]
+        _subm_map_sorted(cs.coords, cs.keys(), table.table, table.shift, table.mask, row_offs,
+                         row_deltas, kx, shape, 256, nbr)
+    elif cs.n:
         _subm_map(cs.coords, cs.keys(), table.table, table.shift, table.mask, offs, deltas,
-                  np.asarray(cs.spatial_shape, dtype=np.int64), nbr)
+                  shape, nbr)
     return RuleBook(geometry, nbr, cs.n, cs, cs)
 
 

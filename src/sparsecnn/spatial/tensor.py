@@ -40,7 +40,8 @@ class CoordSet:
     batch_size : int
     """
 
-    __slots__ = ("coords", "spatial_shape", "batch_size", "_keys", "_table", "__weakref__")
+    __slots__ = ("coords", "spatial_shape", "batch_size", "_keys", "_table", "_sorted",
+                 "__weakref__")
 
     def __init__(self, coords: np.ndarray, spatial_shape: tuple[int, ...], batch_size: int,
                  keys: np.ndarray | None = None, table=None):
@@ -51,6 +52,7 @@ class CoordSet:
         self.batch_size = int(batch_size)
         self._keys = keys
         self._table = table
+        self._sorted = None
 
     @property
     def n(self) -> int:
@@ -65,6 +67,13 @@ class CoordSet:
         if self._keys is None:
             self._keys = pack_keys(self.coords, _row_strides(self.batch_size, self.spatial_shape))
         return self._keys
+
+    def is_sorted(self) -> bool:
+        """Whether the sites are in strictly ascending key (lexicographic) order."""
+        if self._sorted is None:
+            from .rulebook import _strictly_ascending
+            self._sorted = bool(_strictly_ascending(self.keys())) if self.n > 1 else True
+        return self._sorted
 
     def table(self):
         """The :class:`~sparsecnn.spatial.hashing.HashTable` ``key -> row`` (``H_in``).
