@@ -19,6 +19,8 @@ from numbers import Integral
 import numpy as np
 import torch
 
+from numba import njit, prange
+
 from .hashing import build_table, pack_keys
 from .rulebook import _row_strides
 
@@ -97,6 +99,34 @@ class CoordSet:
                 f"batch_size={self.batch_size})")
 
 
+@njit(cache=True, nogil=True, parallel=True)
+def _col_min_max(a):
+    """Per-column (min, max) of an int array (P, M), P >= 1 (parallel over row blocks)."""
+    n, m = a.shape
+    block = 1 << 14
+    nb = (n + block - 1) // block
+    lo = np.empty((nb, m), dtype=np.int64)
+    hi = np.empty((nb, m), dtype=np.int64)
+    for b in prange(nb):
+        for c in range(m):
+            lo[b, c] = a[b * block, c]
+            hi[b, c] = a[b * block, c]
+        for i in range(b * block, min(n, (b + 1) * block)):
+            for c in range(m):
+                v = a[i, c]
+                if v < lo[b, c]:
+                    lo[b, c] = v
+                if v > hi[b, c]:
+                    hi[b, c] = v
+    out_lo = lo[0].copy()
+    out_hi = hi[0].copy()
+    for b in range(1, nb):
+        for c in range(m):
+            out_lo[c] = min(out_lo[c], lo[b, c])
+            out_hi[c] = max(out_hi[c], hi[b, c])
+    return out_lo, out_hi
+
+
 def _first_duplicate(coords: np.ndarray) -> list[int]:
     u, inv, cnt = np.unique(coords, axis=0, return_inverse=True, return_counts=True)
     return u[np.argmax(cnt)].tolist()
@@ -167,15 +197,19 @@ class SparseTensor:
         if min(shape) < 1:
             raise ValueError(f"spatial_shape must be positive, got {shape}")
         n = coords.shape[0]
+        if n:
+            if coords.dtype != np.int32 and coords.dtype != np.int64:
+                coords = coords.astype(np.int64)
+            coords = np.ascontiguousarray(coords)
+            lo, hi = _col_min_max(coords)
         if batch_size is None:
-            batch_size = int(coords[:, 0].max()) + 1 if n else 1
+            batch_size = int(hi[0]) + 1 if n else 1
         batch_size = _as_int(batch_size, "batch_size")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if int(np.prod(shape, dtype=np.float64) * batch_size) >= MAX_KEY:
             raise ValueError(f"grid {batch_size} x {shape} too large (>= 2^62 sites)")
         if n:
-            lo, hi = coords.min(axis=0), coords.max(axis=0)
             bounds = (batch_size, *shape)
             for c in range(d + 1):
                 if lo[c] < 0 or hi[c] >= bounds[c]:
