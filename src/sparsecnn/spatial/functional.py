@@ -109,9 +109,9 @@ def get_rulebook(x: SparseTensor, geometry: Geometry, indice_key: str | None = N
             rb, out_coords, oshape, okeys, table = build_conv(cs, geometry)
             rb.coords_out = CoordSet(out_coords, oshape, cs.batch_size, keys=okeys, table=table)
         cache[key] = rb
-    if indice_key is not None and geometry.kind == "conv":
-        cache[indice_key] = rb
-    elif indice_key is not None and indice_key not in cache:
+    if indice_key is not None and (geometry.kind == "conv" or indice_key not in cache):
+        # a regular conv names its rulebook for the inverse conv that undoes it (the latest one
+        # under a name wins); submanifold layers sharing a name share the first
         cache[indice_key] = rb
     return rb, rb.coords_out
 

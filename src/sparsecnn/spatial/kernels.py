@@ -42,7 +42,7 @@ class ConvProblem:
     n_in, n_out : int -- active input / output sites
     c_in, c_out : int -- channels
     volume : int -- kernel offsets K
-    n_pairs : int -- rulebook entries (each is ``c_in * c_out`` multiply-adds)
+    n_pairs : int -- rulebook entries (each is ``c_in * c_out`` multiply-adds); -1 if not counted
     kind : str -- ``"subm"``, ``"conv"`` or ``"inverse"``
     threads : int
     """
@@ -58,8 +58,8 @@ class ConvProblem:
 
     @property
     def flops(self) -> int:
-        """Useful floating-point operations: 2 per multiply-add."""
-        return 2 * self.n_pairs * self.c_in * self.c_out
+        """Useful floating-point operations: 2 per multiply-add (-1 if ``n_pairs`` is unknown)."""
+        return -1 if self.n_pairs < 0 else 2 * self.n_pairs * self.c_in * self.c_out
 
 
 def supported(algo: str, p: ConvProblem) -> bool:
