@@ -417,3 +417,20 @@ def test_sorted_subm_builder_equals_the_plain_one(monkeypatch, k, shape, density
     monkeypatch.setattr(R, "SORTED_FAST_PATH", False)
     plain = R.build_subm(s.coord_set, g).nbr
     assert np.array_equal(fast, plain)
+
+
+def test_peak_rss_sees_a_large_temporary():
+    from sparsecnn.spatial import bench as B
+
+    B.pin_mmap_threshold()
+
+    def alloc():
+        a = np.ones(64 * 2**20 // 8)          # 64 MiB, touched, freed on return
+        return float(a[::4096].sum())
+
+    _, mb = B.peak_rss_mb(alloc)
+    if mb is None:
+        pytest.skip("/proc/self/clear_refs not writable here")
+    assert 56 <= mb <= 200
+    _, small = B.peak_rss_mb(lambda: np.ones(1000).sum())
+    assert small < 8
