@@ -131,6 +131,7 @@ def run(args) -> int:
                "network": {k: _clean(v) for k, v in network.items()} if network else None}
         with open(tmp / "spatial.json", "w", encoding="utf-8") as f:
             json.dump(doc, f, indent=1, allow_nan=False, default=str)
+        (tmp / "summary.md").write_text(B.markdown(rows, doc["network"]), encoding="utf-8")
         if not args.no_plot:
             B.plot(rows, tmp / "speedup")
     console.print(f"results: {out}/ ({', '.join(sorted(p.name for p in out.iterdir()))}); "

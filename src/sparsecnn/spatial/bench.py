@@ -442,6 +442,46 @@ def render(rows: list[dict], meta: dict, network: dict | None, console) -> None:
         console.print(t)
 
 
+def markdown(rows: list[dict], network: dict | None = None) -> str:
+    """The rows as a Markdown table (one line per case: ours, spconv, dense side by side)."""
+    def f(v, spec=".3g"):
+        return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
+
+    cases: dict = {}
+    for r in rows:
+        cases.setdefault((r["scan"], r["res"], r["batch"], r["channels"]), {})[r["provider"]] = r
+    head = ("| scan | grid | B | C | sites (occ.) | ours fresh / reused ms | spconv fresh / reused ms "
+            "| x fresh | x reused | dense ms | peak MB ours / spconv (fresh) | spconv wrong sites |")
+    lines = [head, "|" + " --- |" * 12]
+    for (scan, res, b, c), by in cases.items():
+        o, sc, dn = by.get("sparsecnn", {}), by.get("spconv", {}), by.get("dense conv3d", {})
+        note = sc.get("note") or ""
+        wrong = note.split(" of ")[0].replace("spconv wrong at ", "") if "wrong" in note else "0" if sc else "–"
+        lines.append(
+            f"| {scan} | {res}^3 | {b} | {c} | {o.get('sites')} ({f(o.get('occupancy_pct'))} %) "
+            f"| {f(o.get('fresh_ms'))} / {f(o.get('reused_ms'))} "
+            f"| {f(sc.get('fresh_ms'))} / {f(sc.get('reused_ms'))} "
+            f"| {f(o.get('speedup_fresh_vs_spconv'), '.2f')} | {f(o.get('speedup_reused_vs_spconv'), '.2f')} "
+            f"| {f(dn.get('reused_ms'))} | {f(o.get('fresh_peak_mb'))} / {f(sc.get('fresh_peak_mb'))} "
+            f"| {wrong} |")
+    algos = [r for r in rows if r["provider"].startswith("sparsecnn[")]
+    if algos:
+        lines += ["", "| scan | grid | B | C | algo | fresh ms | reused ms | GFLOP/s |",
+                  "|" + " --- |" * 8]
+        lines += [f"| {r['scan']} | {r['res']}^3 | {r['batch']} | {r['channels']} | "
+                  f"{r['provider'][10:-1]} | {f(r['fresh_ms'])} | {f(r['reused_ms'])} | "
+                  f"{f(r['gflops_reused'])} |" for r in algos]
+    if network:
+        n = network
+        lines += ["", "| network | grid | sites -> out sites | ours ms | spconv ms | x | peak MB ours / spconv | max abs diff (max abs out) |",
+                  "|" + " --- |" * 8,
+                  f"| encoder w={n.get('width')} | {n.get('res')}^3 | {n.get('sites')} -> {n.get('out_sites')} "
+                  f"| {f(n.get('sparsecnn_ms'))} | {f(n.get('spconv_ms'))} | {f(n.get('speedup_vs_spconv'), '.2f')} "
+                  f"| {f(n.get('sparsecnn_peak_mb'))} / {f(n.get('spconv_peak_mb'))} "
+                  f"| {f(n.get('max_abs_err'), '.1e')} ({f(n.get('max_abs_out'))}) |"]
+    return "\n".join(lines) + "\n"
+
+
 def plot(rows: list[dict], path) -> None:
     """Bar chart: speedup over spconv (fresh and reused rulebook) per case -> path.png."""
     import matplotlib
