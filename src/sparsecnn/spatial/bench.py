@@ -15,11 +15,12 @@ Method (``sparsecnn bench-spatial``; every figure of one row from one run):
 3. Times: one warm-up call (JIT compilation happens there and is reported apart), then calls
    until ``min_time`` seconds have passed (at least ``min_reps``, at most ``max_reps``); the
    median is reported.
-4. Peak memory: the increase of the process's peak resident set (``VmHWM`` of
-   /proc/self/status, reset before each measured call by writing 5 to /proc/self/clear_refs) over
-   the resident set before the call, with glibc's mmap threshold pinned at 128 KiB and
-   ``malloc_trim`` before the call, so freed large blocks go back to the OS and do not hide
-   allocations. This sees every allocator (NumPy, torch, spconv's C++), unlike tracemalloc
+4. Peak memory (one extra call per measurement, after the timed ones): the increase of the
+   process's peak resident set (``VmHWM`` of /proc/self/status, reset before the call by writing
+   5 to /proc/self/clear_refs) over the resident set before the call, with glibc's mmap threshold
+   pinned at 128 KiB for that call and ``malloc_trim`` before it, so freed large blocks go back
+   to the OS and do not hide allocations (then the threshold is set to 32 MiB, what glibc's
+   dynamic threshold grows to, for the timed calls that follow). This sees every allocator (NumPy, torch, spconv's C++), unlike tracemalloc
    (NumPy and Python only). Where /proc is unavailable the column is empty.
 5. Output checked against each other: ours against spconv (max abs difference) and against dense
    conv3d at the active sites where dense runs.
@@ -100,6 +101,7 @@ def peak_rss_mb(fn) -> tuple[object, float | None]:
     """``(fn(), MB)``: the rise of the peak resident set during ``fn()`` over the resident set
     before it (None where /proc/self/clear_refs cannot be written)."""
     gc.collect()
+    pinned = pin_mmap_threshold()
     if _LIBC is not None:
         with contextlib.suppress(AttributeError):
             _LIBC.malloc_trim(0)
@@ -111,6 +113,8 @@ def peak_rss_mb(fn) -> tuple[object, float | None]:
         before = None
     out = fn()
     peak = _status_kb("VmHWM")
+    if pinned:   # back to what glibc's dynamic threshold grows to after large frees (32 MiB)
+        pin_mmap_threshold(32 * 2**20)
     if before is None or peak is None:
         return out, None
     return out, max(0.0, (peak - before) / 1024.0)
@@ -300,7 +304,7 @@ def run(cfg: Config, progress=None) -> tuple[list[dict], dict]:
     each case."""
     spc, note = (spconv_module() if cfg.spconv else (None, "spconv not requested"))
     meta = {"config": asdict(cfg), "spconv": None, "spconv_note": note,
-            "mmap_threshold_pinned": pin_mmap_threshold(),
+            "mmap_threshold": "128 KiB during memory measurements, 32 MiB otherwise (glibc)",
             "memory_method": "peak RSS rise (VmHWM after clear_refs=5) over RSS before the call"}
     if spc is not None:
         import spconv
