@@ -285,11 +285,12 @@ def run_case(cfg: Config, scan: str, res: int, batch: int, channels: int, spc=No
 
 
 def _derive(rows: list[dict]) -> None:
-    by = {r["provider"]: r for r in rows}
-    sc, dn = by.get("spconv"), by.get("dense conv3d")
     for r in rows:
         for k in ROW_KEYS:
             r.setdefault(k, None)
+    by = {r["provider"]: r for r in rows}
+    sc, dn = by.get("spconv"), by.get("dense conv3d")
+    for r in rows:
         if r["reused_ms"]:
             r["gflops_reused"] = r["gflop"] / r["reused_ms"] * 1e3
         if sc and sc["fresh_ms"] and r["fresh_ms"]:
