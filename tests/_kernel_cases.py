@@ -15,16 +15,15 @@ SPARSITIES = (0.0, 0.5, 0.9, 0.99, 0.999)
 
 def kernel_formats(op: str) -> list:
     """``pytest.param(kernel_name, format_name)`` for every registered kernel of ``op`` and every
-    format it accepts that exists (``"dense"`` or a key of :data:`sparsecnn.formats.FORMATS`).
+    format it accepts (``"dense"`` or a key of :data:`sparsecnn.formats.FORMATS`, by family).
     A kernel that cannot run on this target (a missing ISA feature) is skipped, with the reason."""
     out = []
-    for name in registry.names(op):
-        kernel = registry.get(op, name)
+    for kernel in registry.kernels(op):
         why = kernel.unavailable()
         marks = [pytest.mark.skip(reason=why)] if why else []
-        for fmt in kernel.formats:
-            if fmt == "dense" or fmt in FORMATS:
-                out.append(pytest.param(name, fmt, id=f"{name}-{fmt}", marks=marks))
+        for fmt in ("dense", *FORMATS):
+            if kernel.accepts(fmt):
+                out.append(pytest.param(kernel.name, fmt, id=f"{kernel.name}-{fmt}", marks=marks))
     return out
 
 

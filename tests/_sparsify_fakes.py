@@ -20,36 +20,38 @@ from sparsecnn.kernels import registry
 FORMATS = ("csr",)
 
 
-def _conv_ref(x, weight, bias, stride, padding, dilation, groups, relu):
-    y = F.conv2d(x, weight.to_dense().float(), bias, stride, padding, dilation, groups)
-    return torch.relu_(y) if relu else y
+def _conv_ref(prep, x, bias):
+    p = prep.problem
+    y = F.conv2d(x, prep.weight.to_dense().float(), bias, p.stride, p.padding, p.dilation,
+                 p.groups)
+    return torch.relu_(y) if p.relu else y
 
 
-def _linear_ref(x, weight, bias, relu):
-    y = F.linear(x, weight.to_dense().float(), bias)
-    return torch.relu_(y) if relu else y
+def _linear_ref(prep, x, bias):
+    y = F.linear(x, prep.weight.to_dense().float(), bias)
+    return torch.relu_(y) if prep.problem.relu else y
 
 
 def _slow(fn, seconds):
-    def run(*args):
+    def run(prep, x, bias):
         time.sleep(seconds)
-        return fn(*args)
+        return fn(prep, x, bias)
     return run
 
 
 def _wrong(fn):
-    def run(*args):
-        return fn(*args) + 1.0
+    def run(prep, x, bias):
+        return fn(prep, x, bias) + 1.0
     return run
 
 
 def _fast(fn):
     memo = {}
 
-    def run(x, *args):
+    def run(prep, x, bias):
         key = (x.data_ptr(), tuple(x.shape))
         if key not in memo:
-            memo[key] = fn(x, *args)
+            memo[key] = fn(prep, x, bias)
         return memo[key]
     return run
 
@@ -72,6 +74,5 @@ def registered(*names: str):
                 added.append((op, name))
         yield
     finally:
-        with registry._LOCK:
-            for key in added:
-                registry._KERNELS.pop(key, None)
+        for op, name in added:
+            registry.unregister(op, name)

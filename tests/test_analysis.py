@@ -170,12 +170,6 @@ def test_hybrid_estimate_cost_model():
     assert est["hybrid_ms"] == pytest.approx(est["hybrid_dense_part_ms"] + est["hybrid_sparse_part_ms"])
 
 
-def _has_sparse_conv():
-    from sparsecnn.kernels import registry
-    return bool(registry.candidates("conv2d", "csr"))
-
-
-@pytest.mark.skipif(not _has_sparse_conv(), reason="no sparse conv2d kernel for CSR registered yet")
 def test_measure_hybrid_matches_full_conv():
     w, _, _ = _planted(2)
     res = A.dense_blocks(w, threshold=0.5, tile=(16, 16))
@@ -218,7 +212,7 @@ def _brute_force(w, x, stride, padding):
     wn = (w.reshape(w.shape[0], -1) != 0).numpy()                      # (K, CRS)
     n, crs, l = a.shape
     k = wn.shape[0]
-    both = either = eff = 0
+    both = eff = 0
     for kk in range(k):
         aw = a & wn[kk][None, :, None]
         eff += int(aw.sum())
@@ -266,7 +260,6 @@ def test_threshold_sweep_on_pruned_weights_spreads_over_nonzeros():
         A.threshold_sweep({"l": np.zeros((2, 2, 1, 1), np.float32)})
 
 
-@pytest.mark.skipif(not _has_sparse_conv(), reason="no sparse conv2d kernel for CSR registered yet")
 def test_measure_hybrid_rates_feed_the_cost_model():
     w, _, _ = _planted(3)
     res = A.dense_blocks(w, threshold=0.5, tile=(16, 16))

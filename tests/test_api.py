@@ -62,3 +62,28 @@ def test_shape_errors_name_both_shapes():
     wl = sparsecnn.to_sparse(torch.randn(3, 4), "csr")
     with pytest.raises(ValueError, match=r"\(2, 5\).*\(3, 4\)"):
         sparsecnn.linear(torch.randn(2, 5), wl)
+
+
+def test_caller_mutating_its_arrays_cannot_reach_a_kernel():
+    """Issue 7: changing the caller's colidx / rowptr after building a CSRWeight used to make
+    the CSR kernels read out of bounds (segfault). The weight owns copies now."""
+    import numpy as np
+
+    from sparsecnn.formats import CSRWeight
+    from sparsecnn.kernels import registry
+
+    gen = torch.Generator().manual_seed(1)
+    w = torch.randn(6, 4, 3, 3, generator=gen)
+    w[torch.rand(w.shape, generator=gen) < 0.7] = 0
+    ref = sparsecnn.to_sparse(w)
+    rowptr, colidx, values = ref.rowptr.copy(), ref.colidx.copy(), ref.values.copy()
+    csr = CSRWeight(rowptr, colidx, values, w.shape)
+    x = torch.randn(1, 4, 8, 8, generator=gen)
+    want = F.conv2d(x, w, None, 1, 1)
+    colidx[:] = 10**6
+    rowptr[1:] = 10**6
+    values[:] = np.nan
+    for k in registry.kernels("conv2d"):
+        if k.accepts("csr") and k.unavailable() is None:
+            torch.testing.assert_close(sparsecnn.conv2d(x, csr, None, 1, 1, algo=k.name), want,
+                                       rtol=1e-4, atol=1e-4)

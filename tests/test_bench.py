@@ -17,16 +17,18 @@ TINY = LayerSpec("tiny", "test", C=4, H=7, W=7, K=6, R=3, S=3, stride=1, pad=1)
 FAST = {"min_time": 0.002, "max_time": 0.01}
 
 
-def _densify(x, weight, bias, stride, padding, dilation, groups, relu):
-    y = F.conv2d(x, weight.to_dense().to(x.dtype), bias, stride, padding, dilation, groups)
-    return torch.relu_(y) if relu else y
+def _densify(prep, x, bias):
+    p = prep.problem
+    y = F.conv2d(x, prep.weight.to_dense().to(x.dtype), bias, p.stride, p.padding, p.dilation,
+                 p.groups)
+    return torch.relu_(y) if p.relu else y
 
 
-def _wrong(x, weight, bias, stride, padding, dilation, groups, relu):
-    return _densify(x, weight, bias, stride, padding, dilation, groups, relu) + 1.0
+def _wrong(prep, x, bias):
+    return _densify(prep, x, bias) + 1.0
 
 
-def _boom(x, weight, bias, stride, padding, dilation, groups, relu):
+def _boom(prep, x, bias):
     raise RuntimeError("kernel exploded")
 
 
@@ -38,7 +40,7 @@ def test_kernels(monkeypatch):
         "t_wrong": registry.Kernel("t_wrong", "conv2d", _wrong, formats=("csr",)),
         "t_boom": registry.Kernel("t_boom", "conv2d", _boom, formats=("csr",)),
         "t_strideless": registry.Kernel("t_strideless", "conv2d", _densify, formats=("csr",),
-                                        supports=lambda p: p["stride"] == (1, 1)),
+                                        supports=lambda p: p.stride == (1, 1)),
     }
     for name, k in made.items():
         monkeypatch.setitem(registry._KERNELS, ("conv2d", name), k)
@@ -192,7 +194,8 @@ def test_sweep_end_to_end(test_kernels):
 def test_default_kernels_are_the_csr_ones(test_kernels):
     names = bench.resolve_kernels(None)
     assert names[0] == "dense"
-    assert set(names[1:]) == {k.name for k in registry.candidates("conv2d", "csr")} - {"dense"}
+    assert set(names[1:]) == {k.name for k in registry.kernels("conv2d") if k.accepts("csr")
+                              and k.unavailable() is None} - {"dense"}
     assert {"t_densify", "t_wrong"} <= set(names)
 
 
@@ -293,3 +296,65 @@ def test_sweep_progress_bar(test_kernels):
     rows = bench.sweep([TINY], [0.5], [1], ["t_densify"], 1, progress=True,
                        console=Console(file=buf, force_terminal=False), **FAST)
     assert len(rows) == 2 and "tiny N=1 sparsity=0.5" in buf.getvalue()
+
+
+# --- compilation target -------------------------------------------------------------------------
+def test_rows_say_which_isa_they_ran(test_kernels):
+    from sparsecnn.kernels.capabilities import target
+
+    rows = bench.time_layer(TINY, 0.5, 1, ["t_densify"], 1, 0, **FAST)
+    by = {r["kernel"]: r for r in rows}
+    assert by["t_densify"]["isa"] == target().isa
+    assert by["dense"]["isa"].startswith("torch:")
+
+
+def test_target_environment():
+    from sparsecnn.cli.bench import TARGET_ENV, target_environment
+    from sparsecnn.cli.main import UsageError
+
+    env = target_environment("haswell", {"PATH": "/bin", "NUMBA_CPU_FEATURES": "+avx512f"})
+    assert env == {"PATH": "/bin", "NUMBA_CPU_NAME": "haswell", "NUMBA_CPU_FEATURES": "",
+                   TARGET_ENV: "haswell"}
+    env = target_environment("host", {"NUMBA_CPU_NAME": "x86-64", "NUMBA_CPU_FEATURES": ""})
+    assert env == {TARGET_ENV: "host"}
+    with pytest.raises(UsageError, match="LLVM CPU name"):
+        target_environment("haswell; rm -rf /", {})
+
+
+def test_cli_target_reruns_itself_with_the_same_arguments(tmp_path, monkeypatch):
+    import subprocess
+
+    seen = {}
+
+    def fake_run(cmd, env):
+        seen["cmd"], seen["env"] = cmd, env
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    monkeypatch.delenv("SPARSECNN_BENCH_TARGET", raising=False)
+    out = tmp_path / "r"
+    assert _cli(tmp_path, "--kernels", "direct", "--target", "x86-64", "--out", str(out)) == 0
+    cmd, env = seen["cmd"], seen["env"]
+    assert cmd[1:4] == ["-m", "sparsecnn", "bench"] and "--target" not in cmd
+    assert env["NUMBA_CPU_NAME"] == "x86-64" and env["NUMBA_CPU_FEATURES"] == ""
+    # the child's arguments parse back to the same options
+    from sparsecnn.cli.main import build_parser
+
+    a = build_parser().parse_args(cmd[3:])
+    assert (a.layers, a.sparsities, a.batch, a.threads, a.kernels, a.out, a.no_progress,
+            a.min_time, a.max_time) == (["resnet20-64@8"], [0.5, 0.9], [1], 1, ["direct"],
+                                        str(out), True, 0.002, 0.01)
+    assert not out.exists()
+
+
+def test_cli_target_subprocess_compiles_for_that_cpu():
+    """``--list --target x86-64`` runs in a child whose Numba targets the SSE2 baseline."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_CPU_NAME", "NUMBA_CPU_FEATURES")}
+    out = subprocess.run([sys.executable, "-m", "sparsecnn", "bench", "--list", "--target",
+                          "x86-64"], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "x86-64 (x86_64, sse2; forced" in " ".join(out.stdout.split())

@@ -1,7 +1,10 @@
-"""Direct sparse convolution (kernel "direct") against torch.nn.functional.conv2d.
+"""Direct sparse convolution (kernels "direct" and "direct_avx512") against
+torch.nn.functional.conv2d.
 
-Tolerance: the kernel accumulates in float32 in a different order than oneDNN, so results are
-compared with rtol 1e-4 and atol 1e-5 * sqrt(fan-in) * max|x| * max|w| scaled (see ``_close``).
+Both kernels run every test here; a kernel the compilation target cannot run (``direct_avx512``
+without AVX-512F) is skipped with the reason. Tolerance: the kernels accumulate in float32 in a
+different order than oneDNN, so results are compared with rtol 1e-4 and atol 1e-5 * sqrt(fan-in)
+* max|x| * max|w| scaled (see ``_check``).
 """
 
 from __future__ import annotations
@@ -15,13 +18,27 @@ from hypothesis import strategies as st
 
 import sparsecnn
 from sparsecnn import conv2d, to_sparse
-from sparsecnn.formats import CSRWeight, DirectConvCSR
-from sparsecnn.kernels import registry
-from sparsecnn.kernels.cpu import direct as D
+from sparsecnn.formats import CSRWeight
+from sparsecnn.kernels import capabilities, prepared, registry
+from sparsecnn.kernels.cpu import _direct_common, direct, direct_avx512
+from sparsecnn.kernels.cpu.direct_csr import DirectConvCSR
+from sparsecnn.problem import ConvProblem
 
-# the kernel needs the ISA features it declares; without them its tests skip, saying why
-_WHY = registry.get("conv2d", "direct").unavailable()
-needs_direct = pytest.mark.skipif(_WHY is not None, reason=_WHY or "")
+MODULES = {"direct": direct, "direct_avx512": direct_avx512}
+
+
+def _param(name):
+    why = registry.get("conv2d", name).unavailable()
+    return pytest.param(name, id=name, marks=[pytest.mark.skipif(why is not None, reason=why or "")])
+
+
+KERNELS = [_param(n) for n in MODULES]
+
+
+@pytest.fixture(params=KERNELS)
+def algo(request):
+    """Each direct kernel in turn (skipped where the target lacks what it needs)."""
+    return request.param
 
 
 def _weight(shape, sparsity, seed):
@@ -32,9 +49,9 @@ def _weight(shape, sparsity, seed):
     return w
 
 
-def _check(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1, relu=False):
+def _check(algo, x, w, bias=None, stride=1, padding=0, dilation=1, groups=1, relu=False):
     sw = to_sparse(w)
-    y = conv2d(x, sw, bias, stride, padding, dilation, groups, algo="direct", relu=relu)
+    y = conv2d(x, sw, bias, stride, padding, dilation, groups, algo=algo, relu=relu)
     ref = F.conv2d(x, w, bias, stride, padding, dilation, groups)
     if relu:
         ref = torch.relu(ref)
@@ -63,118 +80,140 @@ CASES = [
 ]
 
 
-@needs_direct
 @pytest.mark.parametrize("sparsity", [0.0, 0.5, 0.9, 0.99, 0.999])
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "x".join(map(str, c[:7])) + f"-s{c[7]}-d{c[9]}-g{c[10]}")
-def test_matches_torch(case, sparsity):
+def test_matches_torch(algo, case, sparsity):
     n, c, h, w, k, r, s, stride, pad, dil, groups = case
     x = torch.randn(n, c, h, w, generator=torch.Generator().manual_seed(1))
     wt = _weight((k, c // groups, r, s), sparsity, seed=2)
     bias = torch.randn(k, generator=torch.Generator().manual_seed(3))
-    _check(x, wt, bias, stride, pad, dil, groups, relu=bool(int(sparsity * 10) % 2))
+    _check(algo, x, wt, bias, stride, pad, dil, groups, relu=bool(int(sparsity * 10) % 2))
 
 
-@needs_direct
 @pytest.mark.parametrize("relu", [False, True])
 @pytest.mark.parametrize("bias", [False, True])
-def test_bias_relu(bias, relu):
+def test_bias_relu(algo, bias, relu):
     x = torch.randn(2, 6, 9, 9)
     wt = _weight((5, 6, 3, 3), 0.6, seed=4)
     b = torch.randn(5) if bias else None
-    _check(x, wt, b, 1, 1, relu=relu)
+    _check(algo, x, wt, b, 1, 1, relu=relu)
 
 
-@needs_direct
-def test_all_zero_weight_gives_bias():
+def test_all_zero_weight_gives_bias(algo):
     x = torch.randn(1, 4, 7, 7)
     b = torch.randn(3)
-    y = _check(x, torch.zeros(3, 4, 3, 3), b, 1, 1)
+    y = _check(algo, x, torch.zeros(3, 4, 3, 3), b, 1, 1)
     assert torch.equal(y, b.view(1, 3, 1, 1).expand_as(y))
 
 
-@needs_direct
-def test_single_nonzero():
+def test_single_nonzero(algo):
     x = torch.randn(1, 4, 7, 9)
     wt = torch.zeros(3, 4, 3, 3)
     wt[1, 2, 0, 2] = 1.5
-    y = _check(x, wt, None, 1, 1)
+    y = _check(algo, x, wt, None, 1, 1)
     assert torch.count_nonzero(y[:, [0, 2]]) == 0
 
 
-@needs_direct
-def test_fully_dense_conv4_shaped():
+def test_fully_dense_conv4_shaped(algo):
     # AlexNet conv4's channel counts at a small plane: blocking, partitions, register tiles
     x = torch.randn(1, 384, 6, 6)
-    _check(x, _weight((256, 384, 3, 3), 0.0, seed=5), None, 1, 1)
+    _check(algo, x, _weight((256, 384, 3, 3), 0.0, seed=5), None, 1, 1)
 
 
-@needs_direct
-def test_channel_blocking_matches(monkeypatch):
+def test_channel_blocking_matches(algo, monkeypatch):
     """Input-channel blocking (partial sums in scratch) gives the same result as none."""
+    mod = MODULES[algo]
     x = torch.randn(2, 40, 9, 9)
     wt = _weight((12, 40, 3, 3), 0.5, seed=6)
     sw = to_sparse(wt)
-    ref = conv2d(x, sw, None, 1, 1, algo="direct")
-    monkeypatch.setattr(D, "_choose_cblock", lambda *a: 7)
+    ref = conv2d(x, sw, None, 1, 1, algo=algo)
+    monkeypatch.setattr(mod, "_choose_cblock", lambda *a, **k: 7)
     sw2 = to_sparse(wt)
-    y = conv2d(x, sw2, None, 1, 1, algo="direct", relu=True)
-    assert D.prepare(sw2, (40, 9, 9), (1, 1), (1, 1), (1, 1), 1).nblocks == 6
+    y = conv2d(x, sw2, None, 1, 1, algo=algo, relu=True)
+    (prep,) = prepared.CACHE.held(sw2)
+    assert prep.operand.d.nblocks == 6
     torch.testing.assert_close(y, torch.relu(ref), rtol=1e-5, atol=1e-5)
 
 
-@needs_direct
-def test_serial_and_parallel_agree(monkeypatch):
+def test_serial_and_parallel_agree(algo, monkeypatch):
+    mod = MODULES[algo]
     x = torch.randn(3, 16, 12, 12)
     wt = _weight((16, 16, 3, 3), 0.7, seed=7)
-    monkeypatch.setattr(D, "SERIAL_WORK", 0)
-    par = conv2d(x, to_sparse(wt), None, 1, 1, algo="direct")
-    monkeypatch.setattr(D, "SERIAL_WORK", 10**15)
-    ser = conv2d(x, to_sparse(wt), None, 1, 1, algo="direct")
+    monkeypatch.setattr(mod, "SERIAL_WORK", 0)
+    par = conv2d(x, to_sparse(wt), None, 1, 1, algo=algo)
+    monkeypatch.setattr(mod, "SERIAL_WORK", 10**15)
+    ser = conv2d(x, to_sparse(wt), None, 1, 1, algo=algo)
     torch.testing.assert_close(par, ser, rtol=1e-6, atol=1e-6)
 
 
-@needs_direct
-def test_repeated_calls_reuse_preparation():
+def test_repeated_calls_reuse_preparation(algo):
     x = torch.randn(1, 8, 10, 10)
     sw = to_sparse(_weight((8, 8, 3, 3), 0.8, seed=8))
-    y1 = conv2d(x, sw, None, 1, 1, algo="direct")
-    d1 = D.prepare(sw, (8, 10, 10), (1, 1), (1, 1), (1, 1), 1)
-    y2 = conv2d(x, sw, None, 1, 1, algo="direct")
-    assert D.prepare(sw, (8, 10, 10), (1, 1), (1, 1), (1, 1), 1) is d1
+    y1 = conv2d(x, sw, None, 1, 1, algo=algo)
+    (d1,) = prepared.CACHE.held(sw)
+    assert isinstance(d1.operand, _direct_common.DirectOperand)
+    y2 = conv2d(x, sw, None, 1, 1, algo=algo)
+    assert prepared.CACHE.held(sw) == [d1]
     assert torch.equal(y1, y2)
     # a different geometry gets its own preparation and a correct answer
     x2 = torch.randn(2, 8, 7, 12)
-    _ = conv2d(x2, sw, None, 2, 0, algo="direct")
-    assert D.prepare(sw, (8, 7, 12), (2, 2), (0, 0), (1, 1), 1) is not d1
+    y3 = conv2d(x2, sw, None, 2, 0, algo=algo)
+    assert len(prepared.CACHE.held(sw)) == 2
+    torch.testing.assert_close(y3, F.conv2d(x2, sw.to_dense(), None, 2, 0), rtol=1e-4, atol=1e-4)
 
 
-@needs_direct
-def test_unbatched_input():
+def test_unbatched_input(algo):
     x = torch.randn(4, 8, 8)
     wt = _weight((5, 4, 3, 3), 0.5, seed=9)
-    y = conv2d(x, to_sparse(wt), None, 1, 1, algo="direct")
+    y = conv2d(x, to_sparse(wt), None, 1, 1, algo=algo)
     torch.testing.assert_close(y, F.conv2d(x, wt, None, 1, 1), rtol=1e-4, atol=1e-4)
 
 
-@needs_direct
-def test_inputs_requiring_grad():
+def test_inputs_requiring_grad(algo):
     x = torch.randn(1, 4, 6, 6, requires_grad=True)
     b = torch.nn.Parameter(torch.randn(3))
     wt = _weight((3, 4, 3, 3), 0.5, seed=12)
-    y = conv2d(x, to_sparse(wt), b, 1, 1, algo="direct")
+    y = conv2d(x, to_sparse(wt), b, 1, 1, algo=algo)
     ref = F.conv2d(x.detach(), wt, b.detach(), 1, 1)
     torch.testing.assert_close(y, ref, rtol=1e-4, atol=1e-4)
 
 
-def test_registered():
-    k = registry.get("conv2d", "direct")
-    assert k.fn is D.conv2d_direct
-    assert "csr" in k.formats and "unified_csr" in k.formats
+@pytest.mark.parametrize("name", list(MODULES))
+def test_registered(name):
+    k = registry.get("conv2d", name)
+    assert k.run is MODULES[name].conv2d_direct and k.prepare is MODULES[name].prepare_direct
+    assert k.accepts("csr") and k.accepts("unified_csr") and not k.accepts("bsr")
 
 
-@needs_direct
-def test_auto_dispatch_uses_direct_for_csr():
-    assert sparsecnn.dispatch.choose("conv2d", None, {"format": "csr"}) == "direct"
+def test_portable_kernel_runs_everywhere_avx512_needs_it():
+    assert registry.get("conv2d", "direct").requires == ()
+    assert registry.get("conv2d", "direct").unavailable() is None
+    assert registry.get("conv2d", "direct_avx512").requires == ("avx512f",)
+
+
+def test_auto_dispatch_prefers_the_avx512_kernel_where_it_runs():
+    want = "direct_avx512" if "avx512f" in capabilities.target().features else "direct"
+    p = ConvProblem(1, 8, 9, 9, 8, 3, 3, format="csr", density=0.1)
+    assert sparsecnn.dispatch.heuristic(p) == want
+
+
+@pytest.mark.parametrize("isa, vw, nv_max", [("avx512", 16, 28), ("avx2", 8, 14), ("avx", 8, 13),
+                                             ("sse2", 4, 12), ("neon", 4, 24), ("generic", 4, 12)])
+def test_vector_shape_per_target(isa, vw, nv_max):
+    from sparsecnn.kernels.cpu import _vec
+
+    assert _vec.vector_shape(isa) == (vw, nv_max)
+
+
+def test_portable_kernel_uses_the_targets_width():
+    from sparsecnn.kernels.cpu import _vec
+
+    assert (direct.VW, direct.NV_MAX) == _vec.vector_shape(capabilities.target().isa)
+    sw = to_sparse(_weight((8, 8, 3, 3), 0.5, seed=13))
+    op = direct.prepare_direct(sw, ConvProblem(1, 8, 30, 30, 8, 3, 3, padding=(1, 1)), nthreads=1)
+    d, p = op.d, op.plan
+    assert p.tl == direct.VW * p.nv and 1 <= p.nv <= direct.NV_MAX
+    assert p.ntiles * p.tl >= d.out_hw[0] * d.phase_hw[1]
 
 
 @settings(max_examples=25, deadline=None)
@@ -184,7 +223,6 @@ def test_auto_dispatch_uses_direct_for_csr():
     pad=st.integers(0, 2), dil=st.integers(1, 2), gsel=st.integers(0, 2),
     sparsity=st.sampled_from([0.0, 0.5, 0.9, 1.0]), relu=st.booleans(), seed=st.integers(0, 99),
 )
-@needs_direct
 def test_property_random_geometry(n, c, k, h, w, r, s, stride, pad, dil, gsel, sparsity, relu,
                                   seed):
     groups = [1, c, np.gcd(c, k)][gsel]
@@ -195,7 +233,11 @@ def test_property_random_geometry(n, c, k, h, w, r, s, stride, pad, dil, gsel, s
         return  # empty output: rejected by validation, tested in test_api
     x = torch.randn(n, c, h, w, generator=torch.Generator().manual_seed(seed))
     wt = _weight((k, c // groups, r, s), sparsity, seed + 1)
-    _check(x, wt, torch.randn(k), stride, pad, dil, groups, relu=relu)
+    for algo in _RUNNABLE:
+        _check(algo, x, wt, torch.randn(k), stride, pad, dil, groups, relu=relu)
+
+
+_RUNNABLE = [n for n in MODULES if registry.get("conv2d", n).unavailable() is None]
 
 
 # --------------------------------------------------------------------------------------------
@@ -206,7 +248,7 @@ def test_partition_rows_covers_and_balances(nparts):
     rng = np.random.default_rng(0)
     counts = rng.integers(0, 50, size=256)
     rowptr = np.concatenate(([0], np.cumsum(counts)))
-    b = D.partition_rows(rowptr, nparts)
+    b = _direct_common.partition_rows(rowptr, nparts)
     assert b.shape == (nparts + 1,) and b[0] == 0 and b[-1] == 256
     assert (np.diff(b) >= 0).all()
     work = np.array([counts[b[p]:b[p + 1]].sum() + (b[p + 1] - b[p]) for p in range(nparts)])
@@ -216,18 +258,18 @@ def test_partition_rows_covers_and_balances(nparts):
 
 
 def test_partition_rows_all_zero_and_skewed():
-    b = D.partition_rows(np.zeros(9, dtype=np.int32), 2)
+    b = _direct_common.partition_rows(np.zeros(9, dtype=np.int32), 2)
     assert list(b) == [0, 4, 8]
     rowptr = np.array([0, 1000, 1001, 1002, 1003])  # one heavy row
-    b = D.partition_rows(rowptr, 2)
+    b = _direct_common.partition_rows(rowptr, 2)
     assert b[1] == 1
 
 
 def test_partition_rows_bad_input():
     with pytest.raises(ValueError, match="nparts"):
-        D.partition_rows(np.array([0, 1]), 0)
+        _direct_common.partition_rows(np.array([0, 1]), 0)
     with pytest.raises(ValueError, match="non-decreasing"):
-        D.partition_rows(np.array([0, 3, 1]), 2)
+        _direct_common.partition_rows(np.array([0, 3, 1]), 2)
 
 
 # --------------------------------------------------------------------------------------------
@@ -271,8 +313,7 @@ def test_direct_csr_blocks():
             assert ((chan[bp[k, b]:bp[k, b + 1]] // 4) == b).all()
 
 
-@needs_direct
-def test_direct_csr_accepts_padded_csr_with_explicit_zeros():
+def test_direct_csr_accepts_padded_csr_with_explicit_zeros(algo):
     w = _weight((4, 3, 3, 3), 0.7, seed=11)
     csr = to_sparse(w)
     # add an explicit zero in row 0 (as a padded "unified" CSR would)
@@ -286,7 +327,7 @@ def test_direct_csr_accepts_padded_csr_with_explicit_zeros():
     rowptr[1:] += 1
     padded = CSRWeight(rowptr, colidx, values, csr.shape)
     x = torch.randn(1, 3, 8, 8)
-    y = D.conv2d_direct(x, padded, None, (1, 1), (1, 1), (1, 1), 1, False)
+    y = conv2d(x, padded, None, 1, 1, algo=algo)
     torch.testing.assert_close(y, F.conv2d(x, w, None, 1, 1), rtol=1e-4, atol=1e-4)
 
 
@@ -298,3 +339,58 @@ def test_direct_csr_rejects_bad_geometry():
         DirectConvCSR.from_csr(csr, (3, 2, 2))
     with pytest.raises(TypeError, match="rowptr"):
         DirectConvCSR.from_csr(torch.randn(4, 3, 3, 3), (3, 8, 8))
+
+
+# --------------------------------------------------------------------------------------------
+# the portable vector building blocks
+# --------------------------------------------------------------------------------------------
+def test_copy_and_fill_span_write_exactly_their_range():
+    """copy_span / fill_span cover [di, di + n) for every length (full vectors, an overlapping
+    tail, narrower vectors below one vector) and never write outside it."""
+    from numba import njit
+
+    from sparsecnn.kernels.cpu import _vec
+
+    @njit
+    def copy(dst, di, src, si, n):
+        _vec.copy_span(dst, di, src, si, n)
+
+    @njit
+    def fill(dst, di, n, v):
+        _vec.fill_span(dst, di, n, v)
+
+    src = np.arange(200, dtype=np.float32) + 1
+    for n in range(0, 3 * _vec.VW + 3):
+        for di in (0, 3, 17):
+            dst = np.full(200, -1.0, dtype=np.float32)
+            copy(dst, di, src, 5, n)
+            want = np.full(200, -1.0, dtype=np.float32)
+            want[di:di + n] = src[5:5 + n]
+            np.testing.assert_array_equal(dst, want, err_msg=f"copy n={n} di={di}")
+            dst = np.full(200, -1.0, dtype=np.float32)
+            fill(dst, di, n, 7.0)
+            want = np.full(200, -1.0, dtype=np.float32)
+            want[di:di + n] = 7.0
+            np.testing.assert_array_equal(dst, want, err_msg=f"fill n={n} di={di}")
+
+
+def test_store_segments_cover_each_output_once():
+    """The portable plan's store segments write every (OH, OW) output exactly once, and only
+    real columns of the padded-width tiles."""
+    for (h, w, r, s, pad, stride, k) in [(13, 13, 3, 3, 1, 1, 4), (7, 7, 1, 1, 0, 1, 3),
+                                         (30, 5, 3, 3, 1, 1, 2), (9, 40, 5, 5, 2, 2, 2)]:
+        sw = to_sparse(_weight((k, 2, r, s), 0.5, seed=14))
+        prob = ConvProblem(1, 2, h, w, k, r, s, (stride, stride), (pad, pad))
+        op = direct.prepare_direct(sw, prob, nthreads=1)
+        d, p = op.d, op.plan
+        oh, ow = d.out_hw
+        wph = d.phase_hw[1]
+        hits = np.zeros(oh * ow, dtype=np.int64)
+        for t in range(p.ntiles):
+            for q in range(p.segptr[t], p.segptr[t + 1]):
+                src = t * p.tl + p.segsrc[q] + np.arange(p.seglen[q])
+                assert (src % wph < ow).all() and (src < oh * wph).all()
+                dst = p.segdst[q] + np.arange(p.seglen[q])
+                np.testing.assert_array_equal(dst, (src // wph) * ow + src % wph)
+                hits[dst] += 1
+        assert (hits == 1).all()

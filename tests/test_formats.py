@@ -217,6 +217,24 @@ class FormatSuite:
         assert type(back) is (CSRWeight if self.format == "unified_csr" else self.cls)
         np.testing.assert_array_equal(back.to_numpy(), w)
 
+    def test_owns_read_only_arrays(self):
+        """The object copies what it is given and marks it read-only: the caller changing its
+        own arrays afterwards cannot reach the weight (or a kernel reading it)."""
+        w = self.fit(make_weight((6, 9), 0.4))
+        s = self.build(w)
+        mine = {name: a.copy() for name, a in s.arrays().items()}
+        extra = {k: getattr(s, k) for k in ("n", "m", "block_shape") if hasattr(s, k)}
+        t = type(s)(**mine, shape=s.shape, **extra)
+        for a in mine.values():
+            a[...] = 0 if a.dtype.kind == "f" else a.max() if a.size else 0
+        np.testing.assert_array_equal(t.to_numpy(), s.to_numpy())
+        for name, a in t.arrays().items():
+            assert not a.flags.writeable, name
+            assert not any(np.shares_memory(a, m) for m in mine.values()), name
+            if a.size:
+                with pytest.raises(ValueError, match="read-only"):
+                    a.flat[0] = 1
+
     def test_index_arrays_are_int32(self):
         s = self.build(self.fit(make_weight((6, 9), 0.4)))
         for name, a in s.arrays().items():

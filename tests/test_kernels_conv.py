@@ -54,13 +54,10 @@ def _run(name, fmt, case, sparsity=0.9, *, bias=True, relu=False, weight=None, x
         weight = sparse_weight((k, c // groups, r, s), sparsity, gen)
     b = torch.randn(k, generator=gen) if bias else None
     wk, wref = build_weight(weight, fmt)
-    pair = lambda v: (v, v) if isinstance(v, int) else tuple(v)  # noqa: E731
-    batched = x if x.ndim == 4 else x.unsqueeze(0)
-    problem = conv2d_problem(batched.shape, wref.shape, pair(stride), pair(padding), pair(dilation),
-                             groups, density=float((wref != 0).float().mean()), fmt=fmt)
+    _, problem, _, _ = conv2d_problem(x, wk, b, stride, padding, dilation, groups, relu)
     kernel = registry.get("conv2d", name)
     if kernel.supports is not None and not kernel.supports(problem):
-        pytest.skip(f"{name} does not support {problem}")
+        pytest.skip(f"{name} does not support {problem.key()}")
     y = sparsecnn.conv2d(x, wk, b, stride, padding, dilation, groups, algo=name, relu=relu)
     ref = F.conv2d(x, wref, b, stride, padding, dilation, groups)
     if relu:

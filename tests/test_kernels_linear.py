@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 import sparsecnn
+from sparsecnn.functional import linear_problem
 from sparsecnn.kernels import registry
 
 from _kernel_cases import SPARSITIES, build_weight, kernel_formats, sparse_weight, tolerances
@@ -40,11 +41,9 @@ def _run(name, fmt, x_shape, in_f, out_f, sparsity=0.9, *, bias=True, relu=False
     b = torch.randn(out_f, generator=gen) if bias else None
     wk, wref = build_weight(weight, fmt)
     kernel = registry.get("linear", name)
-    problem = {"op": "linear", "B": x.numel() // in_f, "in": in_f, "out": out_f,
-               "density": float((wref != 0).float().mean()), "format": fmt,
-               "dtype": "float32", "device": "cpu"}
+    _, problem, _, _ = linear_problem(x, wk, b, relu)
     if kernel.supports is not None and not kernel.supports(problem):
-        pytest.skip(f"{name} does not support {problem}")
+        pytest.skip(f"{name} does not support {problem.key()}")
     y = sparsecnn.linear(x, wk, b, algo=name, relu=relu)
     ref = F.linear(x, wref, b)
     if relu:
@@ -117,6 +116,5 @@ def test_auto_dispatch_picks_spmv_or_spmm(batch, expected):
         pytest.fail(f"{expected!r} is not registered for linear")
     from sparsecnn import dispatch
     w = sparsecnn.to_sparse(sparse_weight((8, 16), 0.9, torch.Generator().manual_seed(4)), "csr")
-    problem = {"op": "linear", "B": batch, "in": 16, "out": 8, "density": w.density,
-               "format": "csr", "dtype": "float32", "device": "cpu"}
-    assert dispatch.choose("linear", w, problem) == expected
+    _, problem, _, _ = linear_problem(torch.randn(batch, 16), w)
+    assert dispatch.choose(problem, use_cache=False) == expected

@@ -39,8 +39,9 @@ def _sparse_w(shape, density, seed=0):
 
 
 def _sparse_algos(op):
-    """Every kernel for CSR weights (the real Numba ones once registered) plus dense."""
-    return ["dense", *[k.name for k in registry.candidates(op, "csr") if k.name != "dense"]]
+    """Every kernel that can run CSR weights on this machine, dense first."""
+    return ["dense", *[k.name for k in registry.kernels(op)
+                       if k.name != "dense" and k.accepts("csr") and k.unavailable() is None]]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -59,8 +60,7 @@ def test_sparse_conv2d_matches_dense(ref_kernel, bias, relu, groups, stride, pad
     for algo in [*_sparse_algos("conv2d"), "test_ref"]:
         m = snn.SparseConv2d(to_sparse(w), b, stride, padding, dilation, groups, relu=relu,
                              algo=algo).eval()
-        if registry.get("conv2d", algo).supports and not registry.get("conv2d", algo).supports(
-                m.problem(x.shape)):
+        if registry.get("conv2d", algo).why_not(m.problem(x.shape)) is not None:
             continue
         for _ in range(2):  # first call: validated slow path; second: the cached plan
             torch.testing.assert_close(m(x), ref, **TOL, msg=f"algo={algo}")
@@ -77,8 +77,9 @@ def test_sparse_conv2d_from_dense_auto_and_plans(ref_kernel):
         x = torch.randn(n, 6, 7, 7)
         torch.testing.assert_close(m(x), F.relu(conv(x)), **TOL)
     assert len(m._plans) == 2
-    m.set_choice(1, "dense")
+    m.set_choice((1, 6, 7, 7), "dense")
     assert not m._plans and m.kernel_for(m.problem((1, 6, 7, 7))) == "dense"
+    assert m.kernel_for(m.problem((1, 6, 9, 9))) != "dense"  # another signature: its own choice
 
 
 @pytest.mark.parametrize("bias", [False, True])
@@ -300,12 +301,14 @@ def test_sparsify_matches_masked_dense_and_respects_filter(ref_kernel):
     assert type(model.conv3) is nn.Conv2d  # filtered out: untouched
     assert isinstance(model.conv1, snn.SparseConv2d) and isinstance(model.out, snn.SparseLinear)
     for name, m in snn.sparse_modules(model):
-        assert 4 in m.choices and 4 in m.tuning, name
+        (key,) = m.choices
+        assert m.tuning[key]["batch"] == 4 and key.startswith(f"{m.op}|"), name
     torch.testing.assert_close(model(x), ref, **TOL)
     assert model(x).argmax(1).tolist() == ref.argmax(1).tolist()
     rows = snn.layer_table(model)
     assert [r["name"] for r in rows] == ["conv1", "conv2", "fc", "out"]
-    assert all(r["dense_ms"] > 0 and r["kernel"] in registry.names("conv2d") for r in rows)
+    ops = {"SparseConv2d": "conv2d", "SparseLinear": "linear"}
+    assert all(r["dense_ms"] > 0 and r["kernel"] in registry.names(ops[r["kind"]]) for r in rows)
 
 
 def test_min_sparsity_keeps_dense_layers_dense(ref_kernel):

@@ -40,6 +40,26 @@ def atomic_path(path) -> Iterator[Path]:
         raise
 
 
+def remove_orphans(path, older_than_s: float = 600.0) -> int:
+    """Remove temporary files that :func:`atomic_path` left beside ``path`` when its writer was
+    killed (``.<name>.*.tmp`` older than ``older_than_s`` seconds: a live writer's temporary
+    file is younger). Returns how many were removed; errors are ignored."""
+    import time
+
+    path = Path(path)
+    now, n = time.time(), 0
+    try:
+        siblings = list(path.parent.glob(f".{path.name}.*.tmp"))
+    except OSError:
+        return 0
+    for tmp in siblings:
+        with contextlib.suppress(OSError):
+            if now - tmp.stat().st_mtime > older_than_s:
+                tmp.unlink()
+                n += 1
+    return n
+
+
 @contextlib.contextmanager
 def atomic_dir(path, *, replace: bool = False) -> Iterator[Path]:
     """Yield a temporary folder beside ``path``; on success it is renamed to ``path``.

@@ -14,7 +14,10 @@ import torch
 
 from . import dispatch
 from .formats import SparseWeight
-from .kernels import registry
+from .kernels import prepared, registry
+from .problem import ConvProblem, LinearProblem, Problem, conv_output_size, dtype_name
+
+__all__ = ["conv2d", "linear", "resolve", "conv2d_problem", "linear_problem", "conv_output_size"]
 
 
 def _pair(value, name: str, minimum: int) -> tuple[int, int]:
@@ -77,42 +80,30 @@ def _check_dense_weight(weight, x: torch.Tensor) -> None:
             raise TypeError(f"weight dtype {weight.dtype} does not match input dtype {x.dtype}")
 
 
-def _kernel_for(op: str, algo: str, fmt: str, weight, problem: dict):
+def resolve(problem: Problem, weight, algo: str = "auto"):
+    """The kernel and prepared operand that run ``problem`` with ``weight``.
+
+    ``algo="auto"`` asks :func:`sparsecnn.dispatch.choose` (the tuning cache, else the
+    heuristic); a name is checked with :func:`sparsecnn.kernels.registry.resolve`. The prepared
+    operand comes from the bounded cache of :mod:`sparsecnn.kernels.prepared`.
+
+    Returns
+    -------
+    (Kernel, Prepared)
+
+    Raises
+    ------
+    TypeError
+        If ``algo`` is not a str, or the kernel does not take the input's dtype.
+    ValueError
+        Unknown ``algo``, a weight format, device or problem the kernel cannot take, or a
+        machine that lacks what it needs (:class:`~sparsecnn.kernels.capabilities.KernelUnavailableError`).
+    """
     if not isinstance(algo, str):
         raise TypeError(f"algo must be a str, got {type(algo).__name__}")
-    name = dispatch.choose(op, weight, problem) if algo == "auto" else algo
-    kernel = registry.runnable(op, name)
-    if fmt not in kernel.formats:
-        raise ValueError(
-            f"{op} kernel {name!r} accepts weight formats {kernel.formats}, got {fmt!r}; "
-            f"kernels for {fmt!r}: {[k.name for k in registry.candidates(op, fmt)]}"
-        )
-    if kernel.supports is not None and not kernel.supports(problem):
-        raise ValueError(f"{op} kernel {name!r} does not support this problem: {problem}")
-    if kernel.name != "dense" and problem["dtype"] != "float32":
-        raise TypeError(f"sparse kernels take float32 input, got {problem['dtype']}")
-    if kernel.backend == "cpu" and problem["device"] != "cpu":
-        raise ValueError(f"kernel {name!r} runs on the CPU, but input is on {problem['device']}")
-    return kernel
-
-
-def conv_output_size(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
-    """Output length along one axis: ``(size + 2p - d (k - 1) - 1) // s + 1``."""
-    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
-
-
-def conv2d_problem(x_shape, w_shape, stride, padding, dilation, groups, *, density=1.0,
-                   fmt="dense", dtype="float32", device="cpu") -> dict:
-    """The problem description dispatch and tuning key on (a plain dict of ints and strings)."""
-    n, c, h, w = x_shape
-    k, _, r, s = w_shape
-    return {
-        "op": "conv2d", "N": n, "C": c, "H": h, "W": w, "K": k, "R": r, "S": s,
-        "stride": tuple(stride), "padding": tuple(padding), "dilation": tuple(dilation),
-        "groups": groups, "OH": conv_output_size(h, r, stride[0], padding[0], dilation[0]),
-        "OW": conv_output_size(w, s, stride[1], padding[1], dilation[1]),
-        "density": float(density), "format": fmt, "dtype": dtype, "device": device,
-    }
+    name = dispatch.choose(problem) if algo == "auto" else algo
+    kernel = registry.resolve(problem, name)
+    return kernel, prepared.prepare(kernel, weight, problem)
 
 
 def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
@@ -147,7 +138,32 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
     ValueError
         Wrong ndim, channel mismatch, groups not dividing C and K, non-positive stride or dilation,
         negative padding, an input smaller than the (dilated) kernel, bias of the wrong shape,
-        device mismatch, or an unknown ``algo`` or one that does not accept the weight's format.
+        device mismatch, or an unknown ``algo`` or one that does not accept the weight's format
+        or cannot run on this machine (``KernelUnavailableError``, naming the missing feature).
+
+    Notes
+    -----
+    Sparse kernels skip the products of zero weights, so an ``inf`` / ``nan`` in the input
+    reaches only the outputs that *nonzero* weights connect it to; dense arithmetic (``0 * inf
+    = nan``) also spreads it through the zeros. Finite inputs give the dense results up to
+    float32 summation order (``docs/engine.md``).
+    """
+    x4, problem, bias, unbatched = conv2d_problem(x, weight, bias, stride, padding, dilation,
+                                                   groups, relu)
+    kernel, prep = resolve(problem, weight, algo)
+    y = kernel.run(prep, x4.contiguous(), bias)
+    return y[0] if unbatched else y
+
+
+def conv2d_problem(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
+                   relu=False):
+    """Validate the arguments of :func:`conv2d` and build their :class:`~sparsecnn.problem.ConvProblem`.
+
+    Returns
+    -------
+    (x4, problem, bias, unbatched)
+        The input as 4-D, the problem, the bias in the input's dtype (contiguous) or None, and
+        whether the input was 3-D. Raises as :func:`conv2d`.
     """
     _check_tensor(x, "input")
     if x.ndim not in (3, 4):
@@ -185,17 +201,14 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
     padding = _pair(padding, "padding", 0)
     bias = _check_bias(bias, x, k)
     density = weight.density if isinstance(weight, SparseWeight) else 1.0
-    problem = conv2d_problem(x.shape, w_shape, stride, padding, dilation, groups, density=density,
-                             fmt=fmt, dtype=str(x.dtype).removeprefix("torch."),
-                             device=x.device.type)
-    if problem["OH"] < 1 or problem["OW"] < 1:
+    problem = ConvProblem(n, c, h, w, k, r, s, stride, padding, dilation, int(groups), bool(relu),
+                          fmt, float(density), dtype_name(x.dtype), x.device.type)
+    if problem.OH < 1 or problem.OW < 1:
         raise ValueError(
             f"input {h}x{w} with padding {padding} is smaller than the dilated kernel "
             f"{dilation[0] * (r - 1) + 1}x{dilation[1] * (s - 1) + 1}"
         )
-    kernel = _kernel_for("conv2d", algo, fmt, weight, problem)
-    y = kernel.fn(x.contiguous(), weight, bias, stride, padding, dilation, groups, bool(relu))
-    return y[0] if unbatched else y
+    return x, problem, bias, unbatched
 
 
 def linear(x, weight, bias=None, *, algo: str = "auto", relu: bool = False) -> torch.Tensor:
@@ -221,6 +234,21 @@ def linear(x, weight, bias=None, *, algo: str = "auto", relu: bool = False) -> t
     TypeError, ValueError
         As :func:`conv2d`: wrong types, ``in_features`` mismatch, bias shape, device, unknown algo.
     """
+    x2, problem, bias, lead = linear_problem(x, weight, bias, relu)
+    kernel, prep = resolve(problem, weight, algo)
+    y = kernel.run(prep, x2, bias)
+    return y.reshape(*lead, problem.out_features)
+
+
+def linear_problem(x, weight, bias=None, relu=False):
+    """Validate the arguments of :func:`linear` and build their :class:`~sparsecnn.problem.LinearProblem`.
+
+    Returns
+    -------
+    (x2, problem, bias, lead)
+        The input as a contiguous 2-D ``(prod(lead), in_features)``, the problem, the bias or
+        None, and the leading shape ``lead`` of the input. Raises as :func:`linear`.
+    """
     _check_tensor(x, "input")
     if x.ndim < 1:
         raise ValueError("input must have at least 1 dimension (..., in_features)")
@@ -236,8 +264,6 @@ def linear(x, weight, bias=None, *, algo: str = "auto", relu: bool = False) -> t
     lead = x.shape[:-1]
     x2 = x.reshape(math.prod(lead), in_f).contiguous()
     density = weight.density if isinstance(weight, SparseWeight) else 1.0
-    problem = {"op": "linear", "B": x2.shape[0], "in": in_f, "out": out_f, "density": float(density),
-               "format": fmt, "dtype": str(x.dtype).removeprefix("torch."), "device": x.device.type}
-    kernel = _kernel_for("linear", algo, fmt, weight, problem)
-    y = kernel.fn(x2, weight, bias, bool(relu))
-    return y.reshape(*lead, out_f)
+    problem = LinearProblem(x2.shape[0], in_f, out_f, bool(relu), fmt, float(density),
+                            dtype_name(x.dtype), x.device.type)
+    return x2, problem, bias, lead

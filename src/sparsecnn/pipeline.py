@@ -332,20 +332,21 @@ def _batch(images: torch.Tensor, b: int) -> torch.Tensor:
 
 
 def time_models(models_: dict[str, nn.Module], x: torch.Tensor, *, min_time_s: float = 1.0,
-                min_repeats: int = 20, max_repeats: int = 4000, block: int = 20) -> dict:
-    """Median end-to-end latency (ms) of each model on ``x``, in one process: alternating blocks
-    of ``block`` consecutive calls per model (one untimed call first), see
-    :func:`sparsecnn.dispatch.benchmark`.
+                min_repeats: int = 20, max_time_s: float = 10.0) -> dict:
+    """Median end-to-end latency (ms) of each model on ``x``, in one process, with the project's
+    harness (:func:`sparsecnn.timing.measure`: first call apart, alternating blocks, outliers
+    dropped).
 
-    Returns ``{name: {"median_ms", "samples", "dropped", "first_call_ms"}}``.
+    Returns ``{name: {"median_ms", "samples", "dropped", "first_call_ms", "contended"}}``.
     """
-    from .dispatch import benchmark
+    from .timing import measure
     with torch.inference_mode():
         fns = {name: (lambda m=m: m(x)) for name, m in models_.items()}
-        res = benchmark(fns, warmup=3, min_repeats=min_repeats, max_repeats=max_repeats,
-                        min_time_s=min_time_s, block=block)
-    return {name: {"median_ms": med, "samples": kept, "dropped": dropped, "first_call_ms": first}
-            for name, (med, kept, dropped, first) in res.items()}
+        res = measure(fns, warmup=3, min_time=min_time_s, max_time=max_time_s,
+                      min_blocks=min_repeats)
+    return {name: {"median_ms": t.ms, "samples": t.n_blocks, "dropped": t.n_dropped,
+                   "first_call_ms": t.first_call_ms, "contended": t.contended}
+            for name, t in res.items()}
 
 
 def _param_bytes(model: nn.Module) -> int:
@@ -539,7 +540,7 @@ def optimize(model: str = "smallcnn", *, weights=None, data=None, train_data=Non
                   "per-layer kernels, fx-compacted",
                   "per-layer times are the tuner's medians on each layer's real input "
                   "('(cached)': measured by an earlier run with the same key, see "
-                  "sparsecnn.dispatch.problem_key)",
+                  "sparsecnn.dispatch.cache_key)",
                   f"verification tolerance: max|err| <= {VERIFY_TOL} x max(1, max|y_dense|)"],
     }
     result["seconds"] = time.perf_counter() - t_start

@@ -19,8 +19,6 @@ thing and checks it equals the full convolution.
 
 from __future__ import annotations
 
-import statistics
-import time
 
 import numpy as np
 import torch
@@ -123,31 +121,25 @@ def split_weight(weight, blocks: list[dict]) -> tuple[np.ndarray, list[np.ndarra
     return rest, subs
 
 
-def interleaved_ms(fns: dict, repeats: int, warmup: int = 2) -> dict:
-    """Median wall time (ms) of each callable, timed round-robin so they share the machine's load.
+def interleaved_ms(fns: dict, repeats: int) -> dict:
+    """Median time per call (ms) of each callable, measured against each other with the
+    project's harness (:func:`sparsecnn.timing.measure`: first call apart, alternating blocks,
+    outliers dropped), at least ``repeats`` blocks each."""
+    from ..timing import measure
 
-    Each callable runs ``warmup`` times first (JIT compilation and caches), then ``repeats``
-    rounds of one call each, in turn.
-    """
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    times: dict = {k: [] for k in fns}
-    for _ in range(max(1, repeats)):
-        for k, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[k].append((time.perf_counter() - t0) * 1e3)
-    return {k: statistics.median(v) for k, v in times.items()}
+    res = measure(fns, warmup=1, min_time=0.05, max_time=0.5, min_blocks=max(3, int(repeats)))
+    return {k: t.ms for k, t in res.items()}
 
 
 def _sparse_kernel_name(ws, x, stride, padding, dilation) -> str:
+    """The sparse kernel dispatch prefers for ``ws`` on ``x`` (never dense: the hybrid plan
+    compares the sparse path with dense)."""
     from .. import dispatch
-    from ..functional import conv2d_problem
+    from ..problem import ConvProblem
 
-    p = conv2d_problem(tuple(x.shape), ws.shape, stride, padding, dilation, 1,
-                       density=ws.density, fmt=ws.format_name)
-    return dispatch.choose("conv2d", ws, p)
+    p = ConvProblem.from_shapes(tuple(x.shape), ws.shape, stride, padding, dilation,
+                                format=ws.format_name, density=float(ws.density))
+    return dispatch.heuristic(p, dense_above=1.0)
 
 
 def measure_rates(weight, x: torch.Tensor, stride=(1, 1), padding=(0, 0), dilation=(1, 1), *,

@@ -27,18 +27,17 @@ import math
 import time
 import zlib
 from collections import defaultdict
-from contextlib import contextmanager
 from numbers import Integral, Real
 
 import numba
-import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils import benchmark as tbench
 
-from .. import functional
+from .. import functional, timing
 from ..formats import FORMATS, to_sparse
 from ..kernels import registry
+from ..kernels.capabilities import target
+from ..problem import ConvProblem
 from .layers import LAYERS, LayerSpec
 
 DEFAULT_SPARSITIES: tuple[float, ...] = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.993)
@@ -56,7 +55,7 @@ RTOL = 1e-4  # max |y - y_dense| allowed, relative to max(1, max |y_dense|)
 #: Keys of every row, in CSV column order.
 ROW_KEYS: tuple[str, ...] = (
     "layer", "model", "N", "C", "H", "W", "K", "R", "S", "stride", "pad", "OH", "OW",
-    "sparsity", "actual_sparsity", "nnz", "kernel", "format", "threads", "seed",
+    "sparsity", "actual_sparsity", "nnz", "kernel", "format", "isa", "threads", "seed",
     "ms", "iqr_ms", "n_blocks", "calls_per_block", "n_dropped", "first_call_ms",
     "speedup", "useful_gflops", "dense_equiv_gflops", "bytes_weight", "bytes_dense",
     "max_abs_err", "status",
@@ -107,6 +106,16 @@ def _as_spec(spec) -> LayerSpec:
 
 # ---------------------------------------------------------------------------------------------
 # kernels
+def dense_isa() -> str:
+    """What the dense baseline ran with: ``"torch:"`` + PyTorch's CPU capability (``avx2``,
+    ``avx512``, ``default``...; oneDNN follows it unless ``ONEDNN_MAX_CPU_ISA`` caps it)."""
+    try:
+        cap = torch.backends.cpu.get_cpu_capability()
+    except Exception:  # pragma: no cover - older torch
+        cap = "unknown"
+    return f"torch:{str(cap).lower()}"
+
+
 def sparse_kernel_names() -> list[str]:
     """The conv2d kernels benchmarked by default: every registered one that accepts ``"csr"``.
 
@@ -114,7 +123,8 @@ def sparse_kernel_names() -> list[str]:
     explicitly (their weight is built with the first of their formats that
     :func:`sparsecnn.to_sparse` knows).
     """
-    return [k.name for k in registry.candidates("conv2d", "csr") if k.name != DENSE]
+    return [k.name for k in registry.kernels("conv2d")
+            if k.name != DENSE and k.accepts("csr") and k.unavailable() is None]
 
 
 def resolve_kernels(kernels=None) -> list[str]:
@@ -151,10 +161,10 @@ def weight_format(kernel: str) -> str:
         If the kernel accepts no buildable format.
     """
     k = registry.get("conv2d", kernel)
-    if "csr" in k.formats:
+    if k.accepts("csr"):
         return "csr"
-    for fmt in k.formats:
-        if fmt in FORMATS:
+    for fmt in FORMATS:
+        if k.accepts(fmt):
             return fmt
     raise ValueError(f"conv2d kernel {kernel!r} accepts formats {k.formats}, none of which "
                      f"sparsecnn.to_sparse can build ({sorted(FORMATS)})")
@@ -194,80 +204,23 @@ def layer_input(spec: LayerSpec, batch: int, seed: int = 0) -> torch.Tensor:
 
 # ---------------------------------------------------------------------------------------------
 # timing
-@contextmanager
-def _threads(threads: int):
-    old_torch, old_numba = torch.get_num_threads(), numba.get_num_threads()
-    torch.set_num_threads(threads)
-    numba.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old_torch)
-        numba.set_num_threads(old_numba)
-
-
-def _robust_stats(per_call_s: list[float], number: int) -> dict:
-    """Median and IQR (ms) of per-call block times after dropping blocks above Q3 + 1.5 IQR."""
-    times = np.asarray(per_call_s, dtype=np.float64)
-    q1, q3 = np.percentile(times, [25, 75])
-    kept = times[times <= q3 + 1.5 * (q3 - q1)] if times.size >= 4 else times
-    k1, k3 = np.percentile(kept, [25, 75])
-    return {"ms": float(np.median(kept)) * 1e3, "iqr_ms": float(k3 - k1) * 1e3,
-            "n_blocks": int(kept.size), "calls_per_block": int(number),
-            "n_dropped": int(times.size - kept.size)}
-
-
 def measure(fns: dict, threads: int, min_time: float = DEFAULT_MIN_TIME,
             max_time: float = DEFAULT_MAX_TIME, *, min_blocks: int = 5,
             threshold: float = 0.05, estimates: dict | None = None) -> dict[str, dict]:
-    """Steady-state time per call of each (already warmed-up) function, measured interleaved.
-
-    Each function gets a :class:`torch.utils.benchmark.Timer` and a block size (calls per timed
-    block, about ``min_time / 20`` of work, at least 1). Rounds then time one block of every
-    function in turn (order reversed every other round), so that dense and sparse kernels share
-    the same background load on a shared machine. Rounds stop once every function has at least
-    ``min_blocks`` blocks and ``min_time`` seconds and its IQR/median is below ``threshold``, or
-    once any function has used ``max_time`` seconds (with at least 3 blocks each). Block times
-    above Q3 + 1.5 IQR (Tukey's fence: background load only ever adds time) are dropped.
-
-    Parameters
-    ----------
-    fns : dict str -> callable
-    threads : int
-        Torch threads inside the timer (Numba's are set by the caller).
-    min_time, max_time : float
-        Seconds of timed calls per function.
-    estimates : dict str -> float, optional
-        Seconds per call already known (e.g. from a warm-up call), to size the blocks without
-        an extra call.
+    """Steady-state time per call of each (already warmed-up) function, measured interleaved
+    with the project's harness (:func:`sparsecnn.timing.measure`, ``threads`` torch and Numba
+    threads).
 
     Returns
     -------
     dict str -> dict with ``ms`` (median per call), ``iqr_ms``, ``n_blocks`` (kept),
-    ``calls_per_block``, ``n_dropped``.
+    ``calls_per_block``, ``n_dropped``, ``contended``.
     """
-    timers = {k: tbench.Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads)
-              for k, fn in fns.items()}
-    number, times, total = {}, {k: [] for k in fns}, dict.fromkeys(fns, 0.0)
-    for k, t in timers.items():
-        one = (estimates or {}).get(k) or t.timeit(1).times[0]
-        number[k] = max(1, int(min_time / 20 / max(one, 1e-9)))
-    order = list(fns)
-    rnd = 0
-    while True:
-        for k in (order if rnd % 2 == 0 else order[::-1]):
-            per_call = timers[k].timeit(number[k]).times[0]
-            times[k].append(per_call)
-            total[k] += per_call * number[k]
-        rnd += 1
-        n = min(len(v) for v in times.values())
-        if n >= 3 and max(total.values()) >= max_time:
-            break
-        if n >= min_blocks and min(total.values()) >= min_time:
-            stats = {k: _robust_stats(times[k], number[k]) for k in fns}
-            if all(st["iqr_ms"] <= threshold * st["ms"] for st in stats.values()):
-                break
-    return {k: _robust_stats(times[k], number[k]) for k in fns}
+    res = timing.measure(fns, num_threads=threads, warmup=0, min_time=min_time,
+                         max_time=max_time, min_blocks=min_blocks, threshold=threshold,
+                         first_call=False, estimates=estimates)
+    keys = ("ms", "iqr_ms", "n_blocks", "calls_per_block", "n_dropped", "contended")
+    return {k: {f: getattr(t, f) for f in keys} for k, t in res.items()}
 
 
 def _nan_row() -> dict:
@@ -342,13 +295,14 @@ def time_layer(spec, sparsity: float, batch: int, kernels=None, threads: int = D
     rows, calls, estimates = [], {}, {}
     sparse_weights = {}
     ref = None
-    with _threads(threads), torch.inference_mode():
+    with timing.threads(threads), torch.inference_mode():
         for name in providers:
-            row = dict(base, kernel=name)
+            row = dict(base, kernel=name, isa=target().isa)
             if name == DENSE:
                 def call(x=x, w=w):
                     return F.conv2d(x, w, None, stride, pad)
-                row.update(format="dense", bytes_weight=numel * w.element_size())
+                row.update(format="dense", bytes_weight=numel * w.element_size(),
+                           isa=dense_isa())
             else:
                 fmt = weight_format(name)
                 if fmt not in sparse_weights:
@@ -356,9 +310,9 @@ def time_layer(spec, sparsity: float, batch: int, kernels=None, threads: int = D
                 ws = sparse_weights[fmt]
                 row.update(format=fmt, bytes_weight=int(ws.nbytes))
                 kernel = registry.get("conv2d", name)
-                problem = functional.conv2d_problem(
-                    x.shape, spec.weight_shape, stride, pad, (1, 1), 1, density=ws.density, fmt=fmt)
-                if kernel.supports is not None and not kernel.supports(problem):
+                problem = ConvProblem.from_shapes(x.shape, spec.weight_shape, stride, pad,
+                                                  format=fmt, density=float(ws.density))
+                if kernel.why_not(problem) is not None:
                     rows.append(dict(row, **_nan_row(), status="unsupported"))
                     continue
 

@@ -18,6 +18,8 @@ from collections import defaultdict
 from pathlib import Path
 
 from .._atomic import atomic_dir
+from ..kernels.capabilities import env_summary
+from ..timing import other_runnable
 from .core import (DENSE, DENSE_DESCRIPTION, ROW_KEYS, WEIGHTS_DESCRIPTION, break_even,
                    break_even_labels, compile_times)
 
@@ -59,40 +61,6 @@ def _git_commit() -> str | None:
         return None
 
 
-def _own_running_threads() -> int:
-    """Threads of this process in state R (running), from /proc/self/task/*/stat."""
-    n = 0
-    for task in Path("/proc/self/task").iterdir():
-        try:
-            stat = (task / "stat").read_text()
-        except OSError:
-            continue
-        if stat[stat.rindex(")") + 2:].startswith("R"):
-            n += 1
-    return n
-
-
-def other_runnable(samples: int = 5, interval_s: float = 0.05) -> int | None:
-    """Most runnable threads of *other* processes over a few samples: /proc/loadavg's running
-    count (field 4, ``running/total``) minus this process's running threads (an OpenMP pool
-    spinning after a parallel region counts as running). None where /proc is unavailable.
-    A non-zero value means something else used the CPUs while we timed."""
-    import time
-
-    most = None
-    for i in range(samples):
-        try:
-            with open("/proc/loadavg", encoding="ascii") as f:
-                running = int(f.read().split()[3].split("/")[0])
-            own = _own_running_threads()
-        except (OSError, ValueError, IndexError):
-            return None
-        most = max(most or 0, running - max(own, 1))
-        if i + 1 < samples:
-            time.sleep(interval_s)
-    return most
-
-
 def machine_info(threads: int) -> dict:
     """Where and with what a benchmark ran: CPU, cores, load, library versions, date."""
     import numba
@@ -111,6 +79,7 @@ def machine_info(threads: int) -> dict:
         "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         "other_runnable": other_runnable(),
         "threads": threads,
+        "compile_target": env_summary(),
         "platform": platform.platform(),
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -149,6 +118,11 @@ def render_tables(rows, meta: dict | None = None, console=None) -> None:
         console.print(f"[bold]sparsecnn bench[/]  {m.get('cpu_model', '?')}, "
                       f"{m.get('threads', '?')} threads, torch {m.get('torch', '?')} "
                       f"({m.get('onednn') or 'oneDNN ?'}), numba {m.get('numba', '?')}")
+        ct = m.get("compile_target")
+        if ct:
+            forced = "forced by NUMBA_CPU_NAME/NUMBA_CPU_FEATURES" if ct.get("forced") else "host"
+            console.print(f"sparse kernels compiled for: {ct.get('cpu_name')} ({ct.get('isa')}, "
+                          f"{forced}); the isa column says what each row ran")
         for when, n in (("start", m.get("other_runnable")),
                         ("end", meta.get("run", {}).get("other_runnable_end"))):
             if n:
@@ -167,7 +141,7 @@ def render_tables(rows, meta: dict | None = None, console=None) -> None:
                  f"S={r0['S']} stride={r0['stride']} pad={r0['pad']} -> {r0['OH']}x{r0['OW']}")
         t = Table(title=title, title_justify="left")
         for col, just in (("N", "right"), ("sparsity", "right"), ("kernel", "left"),
-                          ("ms", "right"), ("IQR ms", "right"), ("speedup", "right"),
+                          ("isa", "left"), ("ms", "right"), ("IQR ms", "right"), ("speedup", "right"),
                           ("useful GF/s", "right"), ("dense-eq GF/s", "right"),
                           ("weight KB", "right"), ("max err", "right"), ("status", "left")):
             t.add_column(col, justify=just)
@@ -184,7 +158,8 @@ def render_tables(rows, meta: dict | None = None, console=None) -> None:
             status = r["status"]
             if status != "ok":
                 status = f"[bold red]{status}[/]"
-            t.add_row(str(r["N"]), f"{r['sparsity']:g}", r["kernel"], _fmt(r["ms"], ".4g"),
+            t.add_row(str(r["N"]), f"{r['sparsity']:g}", r["kernel"], str(r.get("isa", "-")),
+                      _fmt(r["ms"], ".4g"),
                       _iqr_text(r), sp_txt, _fmt(r["useful_gflops"], ".1f"),
                       _fmt(r["dense_equiv_gflops"], ".1f"),
                       f"{r['bytes_weight'] / 1024:.0f} / {r['bytes_dense'] / 1024:.0f}",

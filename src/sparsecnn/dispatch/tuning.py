@@ -1,19 +1,35 @@
 """Choosing a kernel per layer by measuring it (autotuning), with an on-disk cache of decisions.
 
-The approach follows spconv's / TorchSparse's ``tune_and_cache``: every candidate kernel (the
-registry's kernels for the weight's format, plus dense PyTorch) is run on the layer's real input
-(shape and batch), after a warm-up that absorbs JIT compilation; the timed calls come in short
-alternating blocks per candidate (so background load hits them alike), samples far above the running
-mean are dropped as noise, and the median is kept. A candidate whose output does not match dense
-is rejected. The winner is kept only if it beats dense by a margin: **dense wins ties and close
-calls** (a sparse kernel must be at least ``margin`` = 5 % faster), so tuning never picks a
-kernel slower than dense.
+The approach follows spconv's / TorchSparse's ``tune_and_cache``: every candidate kernel that can
+run the :class:`~sparsecnn.problem.Problem` here (:func:`sparsecnn.kernels.registry.candidates`,
+dense PyTorch included) is run on the layer's real input and timed with the project's one
+harness (:func:`sparsecnn.timing.measure`: first call apart, alternating blocks, outliers
+dropped, medians). A candidate whose output does not match dense is rejected. The winner is kept
+only if it beats dense by a margin: **dense wins ties and close calls** (a sparse kernel must be
+at least ``margin`` = 5 % faster), so tuning never picks a kernel slower than dense.
+
+A measurement that other processes disturbed (:attr:`sparsecnn.timing.Timing.contended`) is
+repeated up to ``retries`` times; if it stays disturbed the decision is used for this run but
+**not cached** (a warning says so), unless ``SPARSECNN_TUNE_CONTENDED=cache`` is set (shared
+CI machines, where someone is always running).
 
 Decisions are cached in a JSON file (``$SPARSECNN_CACHE_DIR/tuning.json``, default
-``~/.cache/sparsecnn/tuning.json``), keyed by the layer's shape and geometry, batch, density
-(rounded to 0.01), format, dtype, thread counts, CPU model and the set of candidate kernels. The
-file is rewritten atomically (temporary file + ``os.replace``) under an exclusive ``fcntl`` lock,
-so concurrent processes neither corrupt it nor lose each other's entries.
+``~/.cache/sparsecnn/tuning.json``) keyed by :func:`cache_key`: the problem's key (geometry,
+batch, density rounded to 0.01, format, dtype, device, fused ReLU), the compilation target's ISA
+level and CPU name, the CPU model, the thread counts, and each candidate kernel's fingerprint
+(name, version and a hash of its source), so another CPU, a forced target or a changed kernel
+never reuses a stale decision.
+
+The file is safe to share:
+
+- reads need no lock and no write access (writers replace the file atomically, so a reader sees
+  a whole file); a missing, unreadable, corrupt or foreign file reads as empty;
+- an entry that does not hold a valid decision (not a dict, a non-string or unknown choice,
+  negative or non-finite times) is ignored with one warning per file version;
+- updates take an exclusive ``fcntl`` lock on ``<file>.lock``, re-read, merge, and write a
+  temporary file that replaces the old one (:func:`sparsecnn._atomic.atomic_path`); temporary
+  files left by killed writers are removed; when the directory or lock file is not writable
+  the decision is kept in memory for this process, with one warning, and inference goes on.
 """
 
 from __future__ import annotations
@@ -24,24 +40,28 @@ import json
 import math
 import os
 import platform
-import statistics
 import threading
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import torch
 
-from .._atomic import atomic_path
+from .._atomic import atomic_path, remove_orphans
 from ..kernels import registry
+from ..kernels.capabilities import numba_threads, target
+from ..problem import Problem
+from ..timing import measure
 
 CACHE_ENV = "SPARSECNN_CACHE_DIR"
-CACHE_VERSION = 1
+CONTENDED_ENV = "SPARSECNN_TUNE_CONTENDED"
+CACHE_VERSION = 2
 #: A sparse kernel must be this much faster than dense (relative) to be chosen.
 DEFAULT_MARGIN = 0.05
-#: A timed sample above ``OUTLIER_FACTOR`` x the running mean of the kept samples is dropped.
-OUTLIER_FACTOR = 2.0
+#: How often (s) :meth:`TuningCache.signature` looks at the file again.
+RESTAT_S = 0.5
 #: Output check against dense: ``max|y - y_dense| <= TOLERANCE * max(1, max|y_dense|)``.
 TOLERANCE = 1e-4
 
@@ -64,136 +84,39 @@ def cpu_model() -> str:
 
 def thread_counts() -> tuple[int, int]:
     """``(torch threads, numba threads)`` in effect now."""
-    try:
-        import numba
-        nb = int(numba.get_num_threads())
-    except Exception:  # pragma: no cover - numba is a core dependency
-        nb = 0
-    return int(torch.get_num_threads()), nb
+    return int(torch.get_num_threads()), numba_threads()
 
 
 def cache_dir() -> Path:
     """Directory of sparsecnn's caches: ``$SPARSECNN_CACHE_DIR`` or ``~/.cache/sparsecnn``."""
-    env = os.environ.get(CACHE_ENV)
+    return _cache_dir_for(os.environ.get(CACHE_ENV))
+
+
+@functools.lru_cache(maxsize=16)
+def _cache_dir_for(env: str | None) -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "sparsecnn"
 
 
-def problem_key(problem: dict, candidates: list[str]) -> str:
-    """The cache key of a problem: geometry, batch, rounded density, format, dtype, threads, CPU,
-    and the sorted candidate kernel names (a new kernel invalidates old decisions).
+@functools.lru_cache(maxsize=16)
+def _default_file(env: str | None) -> Path:
+    return _cache_dir_for(env) / "tuning.json"
 
-    Parameters
-    ----------
-    problem : dict
-        As built by :func:`sparsecnn.functional.conv2d_problem` (op ``"conv2d"``) or the linear
-        problem dict (op ``"linear"``: ``B``, ``in``, ``out``).
-    candidates : list of str
-        Kernel names that were (or would be) measured.
+
+def cache_key(problem: Problem, kernels) -> str:
+    """The tuning-cache key of ``problem`` when choosing among ``kernels`` (Kernel objects).
+
+    ``problem.key()`` + ``|isa=...|cpu_name=...|cpu=...|threads=T,N|kernels=fp1,fp2,...`` where
+    each ``fp`` is a kernel's :attr:`~sparsecnn.kernels.registry.Kernel.fingerprint`.
     """
-    op = problem["op"]
-    if op == "conv2d":
-        geo = (f"N={problem['N']},C={problem['C']},H={problem['H']},W={problem['W']},"
-               f"K={problem['K']},R={problem['R']},S={problem['S']},"
-               f"stride={tuple(problem['stride'])},padding={tuple(problem['padding'])},"
-               f"dilation={tuple(problem['dilation'])},groups={problem['groups']}")
-    elif op == "linear":
-        geo = f"B={problem['B']},in={problem['in']},out={problem['out']}"
-    else:
-        raise ValueError(f"unknown op {op!r}; expected 'conv2d' or 'linear'")
+    t = target()
     tt, nt = thread_counts()
-    relu = int(bool(problem.get("relu", False)))
-    return (f"{op}|{geo}|relu={relu}|density={round(float(problem['density']), 2):.2f}|"
-            f"format={problem['format']}|dtype={problem['dtype']}|torch_threads={tt}|"
-            f"numba_threads={nt}|cpu={cpu_model()}|kernels={','.join(sorted(candidates))}")
+    fps = ",".join(sorted(k.fingerprint for k in kernels))
+    return (f"{problem.key()}|isa={t.isa}|cpu_name={t.cpu_name}|cpu={cpu_model()}|"
+            f"threads={tt},{nt}|kernels={fps}")
 
 
 # ---------------------------------------------------------------------------------------------
-# the cache file
-# ---------------------------------------------------------------------------------------------
-class TuningCache:
-    """A JSON file of tuning decisions, safe across threads and processes.
-
-    Parameters
-    ----------
-    path : str or Path or None
-        The JSON file; default ``cache_dir() / "tuning.json"`` (resolved when first used, so the
-        environment variable can change between calls).
-
-    Notes
-    -----
-    Reads take a shared ``fcntl`` lock on ``<path>.lock``; updates take an exclusive lock, re-read
-    the file, merge and write a temporary file in the same directory that replaces the old one
-    with :func:`os.replace` (atomic on POSIX). A corrupt or foreign file is treated as empty and
-    overwritten at the next update.
-    """
-
-    def __init__(self, path=None):
-        self._path = Path(path) if path is not None else None
-        self._lock = threading.Lock()
-
-    @property
-    def path(self) -> Path:
-        return self._path if self._path is not None else cache_dir() / "tuning.json"
-
-    @contextlib.contextmanager
-    def _file_lock(self, exclusive: bool):
-        path = self.path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with self._lock, open(str(path) + ".lock", "a+") as fh:
-            try:
-                import fcntl
-                fcntl.flock(fh, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-            except ImportError:  # pragma: no cover - non-POSIX: the thread lock only
-                pass
-            yield
-
-    def _read(self) -> dict:
-        try:
-            with open(self.path, encoding="utf-8") as fh:
-                data = json.load(fh)
-        except (OSError, ValueError):
-            return {}
-        if not isinstance(data, dict) or data.get("version") != CACHE_VERSION:
-            return {}
-        entries = data.get("entries")
-        return entries if isinstance(entries, dict) else {}
-
-    def load(self) -> dict:
-        """All entries (key -> decision dict)."""
-        with self._file_lock(exclusive=False):
-            return self._read()
-
-    def get(self, key: str) -> dict | None:
-        """The decision stored under ``key`` or None."""
-        return self.load().get(key)
-
-    def put(self, key: str, value: dict) -> None:
-        """Store ``value`` (JSON-serialisable) under ``key``; atomic, merged with other writers."""
-        path = self.path
-        with self._file_lock(exclusive=True):
-            entries = self._read()
-            entries[key] = value
-            payload = {"version": CACHE_VERSION, "entries": entries}
-            with atomic_path(path) as tmp:
-                tmp.write_text(json.dumps(payload, indent=1, sort_keys=True), encoding="utf-8")
-
-    def clear(self) -> None:
-        """Remove every entry (the file is rewritten empty)."""
-        with self._file_lock(exclusive=True):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.path)
-
-
-_DEFAULT_CACHE = TuningCache()
-
-
-def default_cache() -> TuningCache:
-    """The process-wide cache object (its file follows ``$SPARSECNN_CACHE_DIR``)."""
-    return _DEFAULT_CACHE
-
-
-# ---------------------------------------------------------------------------------------------
-# timing
+# results
 # ---------------------------------------------------------------------------------------------
 @dataclass
 class Measurement:
@@ -204,13 +127,13 @@ class Measurement:
     name : str
         Kernel name.
     median_ms : float or None
-        Median of the kept timed samples (ms); None if the kernel failed or was rejected.
+        Median time per call (ms); None if the kernel failed or was rejected.
     samples : int
-        Timed samples kept.
+        Timed blocks kept.
     dropped : int
-        Samples dropped as outliers (above ``OUTLIER_FACTOR`` x the running mean).
+        Blocks dropped as outliers.
     first_call_ms : float or None
-        The first (warm-up) call, JIT compilation included (reported apart, never in the median).
+        The first call, JIT compilation included (reported apart, never in the median).
     max_abs_err : float or None
         ``max |y - y_dense|``.
     status : str
@@ -231,7 +154,7 @@ class Measurement:
 
 @dataclass
 class TuneResult:
-    """The decision for one layer at one input shape.
+    """The decision for one layer at one input signature.
 
     Attributes
     ----------
@@ -247,6 +170,10 @@ class TuneResult:
         Every candidate (empty when cached).
     margin : float
         The relative margin a sparse kernel had to beat dense by.
+    contended : bool
+        Other processes disturbed every attempt at measuring (the decision was not cached).
+    attempts : int
+        Measurements made (1 + retries used).
     """
 
     choice: str
@@ -256,6 +183,8 @@ class TuneResult:
     cached: bool = False
     measurements: list[Measurement] = field(default_factory=list)
     margin: float = DEFAULT_MARGIN
+    contended: bool = False
+    attempts: int = 1
 
     @property
     def speedup(self) -> float | None:
@@ -279,69 +208,185 @@ class TuneResult:
         ms = [Measurement(**m) for m in d.get("measurements", [])]
         return cls(choice=d["choice"], dense_ms=d.get("dense_ms"), chosen_ms=d.get("chosen_ms"),
                    key=d.get("key", ""), cached=bool(d.get("cached", False)), measurements=ms,
-                   margin=float(d.get("margin", DEFAULT_MARGIN)))
+                   margin=float(d.get("margin", DEFAULT_MARGIN)),
+                   contended=bool(d.get("contended", False)), attempts=int(d.get("attempts", 1)))
 
 
-def _filtered_median(samples: list[float], factor: float) -> tuple[float, int, int]:
-    """Median of ``samples`` after dropping those above ``factor`` x the running mean of those
-    kept so far (in arrival order). Returns ``(median, kept, dropped)``."""
-    kept: list[float] = []
-    total = 0.0
-    for s in samples:
-        if kept and s > factor * (total / len(kept)):
-            continue
-        kept.append(s)
-        total += s
-    # a first sample far above the rest (cold caches) is caught by a second pass on the median
-    med = statistics.median(kept)
-    kept2 = [s for s in kept if s <= factor * med] or kept
-    return statistics.median(kept2), len(kept2), len(samples) - len(kept2)
+def _valid_time(v) -> bool:
+    return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)
+                         and math.isfinite(v) and v >= 0)
 
 
-def benchmark(fns: dict[str, Callable[[], object]], *, warmup: int = 2, min_repeats: int = 7,
-              max_repeats: int = 200, min_time_s: float = 0.02, block: int = 5,
-              outlier_factor: float = OUTLIER_FACTOR) -> dict[str, tuple[float, int, int, float]]:
-    """Time several zero-argument callables in alternating blocks.
+def valid_entry(entry) -> str | None:
+    """Why a cache entry is not a usable decision, or None if it is."""
+    if not isinstance(entry, dict):
+        return f"an entry must be an object, got {type(entry).__name__}"
+    choice = entry.get("choice")
+    if not isinstance(choice, str) or not choice:
+        return f"'choice' must be a kernel name, got {choice!r}"
+    for name in ("dense_ms", "chosen_ms"):
+        if not _valid_time(entry.get(name)):
+            return f"{name!r} must be a non-negative finite number, got {entry.get(name)!r}"
+    ms = entry.get("measurements", [])
+    if not isinstance(ms, list) or not all(isinstance(m, dict) for m in ms):
+        return "'measurements' must be a list of objects"
+    try:
+        TuneResult.from_dict(entry)
+    except (TypeError, ValueError, KeyError) as exc:
+        return f"not a tuning result ({exc})"
+    return None
 
-    Each function is called once (its first call, JIT compilation included, timed apart), then
-    ``warmup`` more times untimed. Then rounds: in each round every function in turn makes one
-    untimed call (its thread pool wakes up again: PyTorch's OpenMP and Numba's pools would
-    otherwise steal cycles from each other when strictly interleaved) and ``block`` timed calls.
-    Rounds go on until every function has at least ``min_repeats`` samples and the rounds took
-    ``min_time_s`` seconds (at most ``max_repeats`` samples each). Alternating blocks spread slow
-    drifts (other processes, frequency) over all functions alike.
 
-    Returns
-    -------
-    dict name -> (median_ms, kept, dropped, first_call_ms)
-        Median of the samples kept after dropping outliers (see :func:`_filtered_median`).
+# ---------------------------------------------------------------------------------------------
+# the cache file
+# ---------------------------------------------------------------------------------------------
+class TuningCache:
+    """A JSON file of tuning decisions, safe across threads and processes (module docstring).
+
+    Parameters
+    ----------
+    path : str or Path or None
+        The JSON file; default ``cache_dir() / "tuning.json"`` (resolved when used, so the
+        environment variable may change between calls).
     """
-    block = max(1, int(block))
-    first: dict[str, float] = {}
-    for name, fn in fns.items():
-        t0 = time.perf_counter()
-        fn()
-        first[name] = (time.perf_counter() - t0) * 1e3
-        for _ in range(warmup):
-            fn()
-    samples: dict[str, list[float]] = {name: [] for name in fns}
-    start = time.perf_counter()
-    n = 0
-    while n < max_repeats and (n < min_repeats or time.perf_counter() - start < min_time_s):
-        for name, fn in fns.items():
-            fn()
-            for _ in range(block):
-                t0 = time.perf_counter()
-                fn()
-                samples[name].append((time.perf_counter() - t0) * 1e3)
-        n += block
-    out = {}
-    for name, s in samples.items():
-        med, kept, dropped = _filtered_median(s, outlier_factor)
-        out[name] = (med, kept, dropped, first[name])
-    return out
+
+    def __init__(self, path=None):
+        self._path = Path(path) if path is not None else None
+        self._lock = threading.Lock()
+        self._parsed: tuple | None = None        # (path, stat signature, entries)
+        self._memory: dict[Path, dict] = {}      # per file: decisions that could not be written
+        self._warned: set = set()
+        #: bumped on every change made through this object (decision memos key on it)
+        self.generation = 0
+        self._stat: tuple | None = None          # (path, when, stat signature)
+
+    @property
+    def path(self) -> Path:
+        return self._path if self._path is not None else _default_file(os.environ.get(CACHE_ENV))
+
+    def _warn_once(self, tag, message: str) -> None:
+        if tag not in self._warned:
+            self._warned.add(tag)
+            warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+    def _read_file(self, path: Path) -> dict:
+        try:
+            with open(path, encoding="utf-8") as fh:
+                data = json.load(fh)
+        except (OSError, ValueError):
+            return {}
+        if not isinstance(data, dict) or data.get("version") != CACHE_VERSION:
+            return {}
+        entries = data.get("entries")
+        if not isinstance(entries, dict):
+            return {}
+        good = {}
+        for key, entry in entries.items():
+            why = valid_entry(entry)
+            if why is None:
+                good[key] = entry
+            else:
+                self._warn_once(("bad", str(path), key),
+                                f"tuning cache {str(path)!r}: ignoring entry {key[:60]!r}...: {why}")
+        return good
+
+    def load(self) -> dict:
+        """All valid entries (key -> decision dict); no lock, no write access needed."""
+        path = self.path
+        try:
+            st = path.stat()
+            sig = (st.st_mtime_ns, st.st_size, st.st_ino)
+        except OSError:
+            sig = None
+        with self._lock:
+            if self._parsed is not None and self._parsed[:2] == (path, sig):
+                entries = self._parsed[2]
+            else:
+                entries = self._read_file(path) if sig is not None else {}
+                self._parsed = (path, sig, entries)
+            mem = self._memory.get(path)
+            return {**entries, **mem} if mem else entries
+
+    def get(self, key: str) -> dict | None:
+        """The decision stored under ``key`` or None."""
+        return self.load().get(key)
+
+    def signature(self) -> tuple:
+        """Changes when what :meth:`load` returns may have changed: the file's path, this
+        object's generation (every change made in this process), and the file's stat, looked
+        at most every :data:`RESTAT_S` seconds (other processes' decisions show up that late):
+        decision memos key on it."""
+        path, now = self.path, time.monotonic()
+        last = self._stat
+        if last is not None and last[0] == path and now - last[1] < RESTAT_S:
+            return (path, last[2], self.generation)
+        try:
+            st = os.stat(path)
+            sig = (st.st_mtime_ns, st.st_size, st.st_ino)
+        except OSError:
+            sig = None
+        self._stat = (path, now, sig)
+        return (path, sig, self.generation)
+
+    def put(self, key: str, value: dict) -> bool:
+        """Store ``value`` under ``key``, merged with other writers, written atomically.
+
+        Returns True if the file was written; False if it could not be (read-only or missing
+        directory, unwritable lock file): the decision is then kept in memory for this process
+        and a warning is given once.
+        """
+        why = valid_entry(value)
+        if why is not None:
+            raise ValueError(f"not a valid tuning decision: {why}")
+        path = self.path
+        self.generation += 1
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with self._lock, open(str(path) + ".lock", "a+") as fh:
+                try:
+                    import fcntl
+                    fcntl.flock(fh, fcntl.LOCK_EX)
+                except ImportError:  # pragma: no cover - non-POSIX: the thread lock only
+                    pass
+                entries = self._read_file(path)
+                entries[key] = value
+                payload = {"version": CACHE_VERSION, "entries": entries}
+                with atomic_path(path) as tmp:
+                    tmp.write_text(json.dumps(payload, indent=1, sort_keys=True), encoding="utf-8")
+                remove_orphans(path)
+                self._parsed = None
+                self._memory.get(path, {}).pop(key, None)
+            return True
+        except OSError as exc:
+            with self._lock:
+                self._memory.setdefault(path, {})[key] = value
+                self.generation += 1
+            self._warn_once(("write", str(path)),
+                            f"tuning cache {str(path)!r} is not writable ({exc}); tuning "
+                            f"decisions are kept in memory for this process only")
+            return False
+
+    def clear(self) -> None:
+        """Remove every entry (the file and this process's in-memory decisions)."""
+        self.generation += 1
+        with self._lock:
+            self._memory.pop(self.path, None)
+            self._parsed = None
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
 
 
+_DEFAULT_CACHE = TuningCache()
+
+
+def default_cache() -> TuningCache:
+    """The process-wide cache object (its file follows ``$SPARSECNN_CACHE_DIR``)."""
+    return _DEFAULT_CACHE
+
+
+# ---------------------------------------------------------------------------------------------
+# tuning
+# ---------------------------------------------------------------------------------------------
 def _max_err(y: torch.Tensor, ref: torch.Tensor) -> tuple[float, bool]:
     if y.shape != ref.shape:
         return math.inf, False
@@ -350,33 +395,46 @@ def _max_err(y: torch.Tensor, ref: torch.Tensor) -> tuple[float, bool]:
     return err, bool(math.isfinite(err) and err <= TOLERANCE * scale)
 
 
-def tune(op: str, run: Callable[[str], torch.Tensor], problem: dict, *,
+def candidate_kernels(problem: Problem, names: list[str] | None = None) -> list:
+    """The kernels tuning compares for ``problem``: ``dense`` plus every sparse candidate that can
+    run it here (or those of ``names``, each checked with
+    :func:`~sparsecnn.kernels.registry.resolve`)."""
+    if names is None:
+        ks = registry.candidates(problem)
+    else:
+        ks = [registry.resolve(problem, n) for n in dict.fromkeys(names)]
+    dense = registry.resolve(problem, "dense")
+    return [dense, *[k for k in ks if k.name != "dense"]]
+
+
+def tune(problem: Problem, run: Callable[[str], torch.Tensor], *,
          candidates: list[str] | None = None, cache: TuningCache | None = None,
-         use_cache: bool = True, margin: float = DEFAULT_MARGIN, warmup: int = 5,
-         min_repeats: int = 10, min_time_s: float = 0.05) -> TuneResult:
+         use_cache: bool = True, retune: bool = False, margin: float = DEFAULT_MARGIN,
+         min_time_s: float = 0.05, max_time_s: float = 0.5, retries: int = 2) -> TuneResult:
     """Measure the candidate kernels of one layer and return (and cache) the fastest.
 
     Parameters
     ----------
-    op : {"conv2d", "linear"}
+    problem : Problem
+        The layer's problem at its real input signature.
     run : callable
-        ``run(kernel_name) -> Tensor``: runs the layer on its real input with that kernel
-        (``"dense"`` runs the dense weight through PyTorch). Called with no gradient.
-    problem : dict
-        The layer's problem dict (see :func:`problem_key`); must have ``"format"``.
+        ``run(kernel_name) -> Tensor``: runs the layer on its real input with that kernel.
+        Called with no gradient.
     candidates : list of str or None
-        Kernel names to try besides dense; default: every registered kernel of ``op`` that
-        accepts ``problem["format"]`` and supports the problem.
+        Kernel names to try besides dense; default: every kernel that can run ``problem`` here.
     cache : TuningCache or None
         Default :func:`default_cache`.
     use_cache : bool
-        Look the decision up first and store it after measuring.
+        Look the decision up first and store it after measuring; False touches no file.
+    retune : bool
+        Measure even if a decision is cached (and replace it).
     margin : float
         Relative margin (default 0.05): a sparse kernel is chosen only if
-        ``t_sparse <= (1 - margin) * t_dense``; otherwise dense (ties and close calls go to dense).
-    warmup, min_repeats, min_time_s
-        Untimed calls after the first; timed rounds at least ``min_repeats`` and ``min_time_s``
-        seconds in all (see :func:`benchmark`).
+        ``t_sparse <= (1 - margin) * t_dense``; otherwise dense.
+    min_time_s, max_time_s : float
+        Seconds of timed calls per candidate (see :func:`sparsecnn.timing.measure`).
+    retries : int
+        Re-measurements when other processes disturbed the measurement.
 
     Returns
     -------
@@ -385,21 +443,19 @@ def tune(op: str, run: Callable[[str], torch.Tensor], problem: dict, *,
     Raises
     ------
     ValueError
-        If ``margin`` is outside [0, 1) or a candidate name is not registered for ``op``.
+        If ``margin`` is outside [0, 1), a candidate is not registered or cannot run the problem.
+    KernelUnavailableError
+        If a named candidate cannot run on this machine.
     """
     if not 0.0 <= margin < 1.0:
         raise ValueError(f"margin must be in [0, 1), got {margin!r}")
-    if candidates is None:
-        candidates = [k.name for k in registry.candidates(op, problem["format"], problem)]
-    else:
-        for name in candidates:
-            registry.get(op, name)  # raises ValueError for an unknown name
-    candidates = [c for c in dict.fromkeys(candidates) if c != "dense"]
-    key = problem_key(problem, ["dense", *candidates])
+    kernels = candidate_kernels(problem, candidates)
+    key = cache_key(problem, kernels)
     cache = cache or default_cache()
-    if use_cache:
+    names = [k.name for k in kernels]
+    if use_cache and not retune:
         hit = cache.get(key)
-        if hit is not None and hit.get("choice") in ("dense", *candidates):
+        if hit is not None and hit.get("choice") in names:
             res = TuneResult.from_dict(hit)
             res.cached, res.key = True, key
             return res
@@ -408,7 +464,7 @@ def tune(op: str, run: Callable[[str], torch.Tensor], problem: dict, *,
         ref = run("dense")
         fns: dict[str, Callable] = {"dense": functools.partial(run, "dense")}
         ms: dict[str, Measurement] = {}
-        for name in candidates:
+        for name in names[1:]:
             m = Measurement(name)
             ms[name] = m
             try:
@@ -425,30 +481,44 @@ def tune(op: str, run: Callable[[str], torch.Tensor], problem: dict, *,
                              f"{TOLERANCE:g} x max(1, max|y_dense|)")
                 continue
             fns[name] = functools.partial(run, name)
-        timed = benchmark(fns, warmup=warmup, min_repeats=min_repeats, min_time_s=min_time_s)
-    dense_med, kept, dropped, first = timed["dense"]
-    dense_m = Measurement("dense", dense_med, kept, dropped, first, 0.0)
-    for name, (med, kept, dropped, _) in timed.items():
+        attempts = 0
+        while True:
+            attempts += 1
+            timed = measure(fns, warmup=2, min_time=min_time_s, max_time=max_time_s,
+                            first_call=False)
+            contended = any(t.contended for t in timed.values())
+            if not contended or attempts > retries:
+                break
+    dense_t = timed["dense"]
+    dense_m = Measurement("dense", dense_t.ms, dense_t.n_blocks, dense_t.n_dropped, None, 0.0)
+    for name, t in timed.items():
         if name in ms:
-            ms[name].median_ms, ms[name].samples, ms[name].dropped = med, kept, dropped
-    choice, chosen_ms = "dense", dense_med
+            ms[name].median_ms, ms[name].samples, ms[name].dropped = t.ms, t.n_blocks, t.n_dropped
+    choice, chosen_ms = "dense", dense_t.ms
     for name, m in ms.items():
         if m.status == "ok" and m.median_ms is not None and m.median_ms < chosen_ms:
-            if m.median_ms <= (1.0 - margin) * dense_med:
+            if m.median_ms <= (1.0 - margin) * dense_t.ms:
                 choice, chosen_ms = name, m.median_ms
-    res = TuneResult(choice, dense_med, chosen_ms, key, False, [dense_m, *ms.values()], margin)
+    res = TuneResult(choice, dense_t.ms, chosen_ms, key, False, [dense_m, *ms.values()], margin,
+                     contended, attempts)
     if use_cache:
-        entry = res.to_dict()
-        entry.pop("cached", None)
-        entry["time"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-        cache.put(key, entry)
+        if contended and os.environ.get(CONTENDED_ENV, "").lower() != "cache":
+            warnings.warn(f"other processes ran while tuning {problem.key()} ({attempts} "
+                          f"attempts): the choice {choice!r} is used but not cached "
+                          f"(set {CONTENDED_ENV}=cache to cache it anyway)", RuntimeWarning,
+                          stacklevel=2)
+        else:
+            entry = res.to_dict()
+            entry.pop("cached", None)
+            entry["time"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+            cache.put(key, entry)
     return res
 
 
-def lookup(problem: dict, op: str | None = None) -> str | None:
-    """The cached choice for ``problem`` (with the currently registered candidates), or None."""
-    op = op or problem["op"]
-    names = ["dense", *[k.name for k in registry.candidates(op, problem["format"], problem)
-                        if k.name != "dense"]]
-    hit = default_cache().get(problem_key(problem, names))
-    return None if hit is None else hit.get("choice")
+def lookup(problem: Problem, cache: TuningCache | None = None) -> str | None:
+    """The cached choice for ``problem`` among the kernels that can run it here, or None."""
+    kernels = candidate_kernels(problem)
+    hit = (cache or default_cache()).get(cache_key(problem, kernels))
+    if hit is None or hit.get("choice") not in {k.name for k in kernels}:
+        return None
+    return hit["choice"]

@@ -18,13 +18,12 @@ from .bsr import BSRWeight
 from .convert import convert, from_scipy, to_scipy
 from .csc import CSCWeight
 from .csr import CSRWeight
-from .direct import DirectConvCSR
 from .nm import NMWeight, check_nm, first_violation
 from .unified import UnifiedCSRWeight
 
 __all__ = [
     "SparseWeight", "CSRWeight", "CSCWeight", "BSRWeight", "UnifiedCSRWeight", "NMWeight",
-    "DirectConvCSR", "FORMATS", "to_sparse", "convert", "to_scipy", "from_scipy", "check_nm",
+    "FORMATS", "to_sparse", "convert", "to_scipy", "from_scipy", "check_nm",
     "first_violation",
 ]
 

@@ -51,8 +51,17 @@ def as_numpy_weight(weight) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
+def owned(a, dtype=None) -> np.ndarray:
+    """A C-contiguous, read-only copy of ``a`` (in ``dtype`` if given): what a format object
+    stores, so that nothing the caller does to its own arrays afterwards can reach a kernel."""
+    out = np.array(a, dtype=dtype, order="C", copy=True)
+    out.flags.writeable = False
+    return out
+
+
 def as_index_array(a, name: str) -> np.ndarray:
-    """Convert ``a`` to a 1-D int32 array, raising ValueError naming ``name`` if it cannot."""
+    """Convert ``a`` to an owned (copied, read-only) 1-D int32 array, raising ValueError naming
+    ``name`` if it cannot."""
     arr = np.asarray(a)
     if arr.ndim != 1:
         raise ValueError(f"{name} must be 1-D, got shape {arr.shape}")
@@ -60,11 +69,12 @@ def as_index_array(a, name: str) -> np.ndarray:
         raise ValueError(f"{name} must hold integers, got dtype {arr.dtype}")
     if arr.size and (arr.min() < np.iinfo(INDEX_DTYPE).min or arr.max() > np.iinfo(INDEX_DTYPE).max):
         raise ValueError(f"{name} does not fit in int32")
-    return np.ascontiguousarray(arr, dtype=INDEX_DTYPE)
+    return owned(arr, INDEX_DTYPE)
 
 
 def as_value_array(a, name: str = "values", ndim: int | None = 1) -> np.ndarray:
-    """Convert ``a`` to a contiguous floating array (float16/32/64 kept, other types rejected).
+    """Convert ``a`` to an owned (copied, read-only) contiguous floating array (float16/32/64
+    kept, other types rejected).
 
     Raises
     ------
@@ -76,7 +86,7 @@ def as_value_array(a, name: str = "values", ndim: int | None = 1) -> np.ndarray:
         raise ValueError(f"{name} must be float16, float32 or float64, got dtype {arr.dtype}")
     if ndim is not None and arr.ndim != ndim:
         raise ValueError(f"{name} must be {ndim}-D, got shape {arr.shape}")
-    return np.ascontiguousarray(arr)
+    return owned(arr)
 
 
 def check_shape(shape) -> tuple[int, ...]:
@@ -116,12 +126,26 @@ class SparseWeight:
     Counting convention, the same for every format: ``nnz`` counts the true nonzero entries of
     the weight; ``nstored`` counts the stored value slots, explicit zeros included (padding of
     unified CSR, zeros inside BSR blocks, zero slots of N:M groups). ``density = nnz / (nrows *
-    ncols)``; ``nbytes`` is what the stored arrays occupy. Arrays are shared, not copied, with the
-    caller: treat a format object as immutable.
+    ncols)``; ``nbytes`` is what the stored arrays occupy.
+
+    A format object is immutable and owns its arrays: the constructor copies what it is given
+    (then validates the copy) and marks it read-only, so changing the caller's ``rowptr`` or
+    ``colidx`` afterwards cannot reach a kernel, and kernels may cache what they derive from
+    it (:mod:`sparsecnn.kernels.prepared`).
+
+    ``families`` lists the format families an object belongs to, its own ``format_name`` first
+    and those of the formats it specialises after it (``UnifiedCSRWeight``: ``("unified_csr",
+    "csr")``): kernels declare families, so a CSR kernel takes padded CSR without listing it.
     """
 
     format_name: ClassVar[str] = "base"
+    families: ClassVar[tuple[str, ...]] = ()
     shape: tuple[int, ...]
+
+    def __init_subclass__(cls, **kw):
+        super().__init_subclass__(**kw)
+        inherited = [f for base in cls.__mro__[1:] for f in getattr(base, "families", ())]
+        cls.families = tuple(dict.fromkeys([cls.format_name, *inherited]))
 
     # -- matrix view -------------------------------------------------------------------------
     @property

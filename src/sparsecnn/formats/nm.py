@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-from .base import SparseWeight, as_numpy_weight, as_value_array, check_shape
+from .base import SparseWeight, as_numpy_weight, as_value_array, check_shape, owned
 
 
 def check_nm_params(n, m) -> tuple[int, int]:
@@ -139,7 +139,7 @@ class NMWeight(SparseWeight):
             raise ValueError(
                 f"indices (N:M metadata) must lie in [0, {self.m}), got values in [{idx.min()}, {idx.max()}]"
             )
-        self.indices = np.ascontiguousarray(idx, dtype=np.uint8)
+        self.indices = owned(idx, np.uint8)
         g = self.indices.reshape(self.nrows, self.ngroups, self.n).astype(np.int16)
         dec = np.argwhere(np.diff(g, axis=2) <= 0)
         if dec.size:

@@ -192,6 +192,24 @@ def target() -> Target:
     return Target(triple, cpu, feats, probe_features(triple, cpu, feats), forced)
 
 
+_NUMBA_THREADS = []
+
+
+def numba_threads() -> int:
+    """``numba.get_num_threads()`` without its per-call launch check (~0.4 us instead of ~3 us:
+    it is on the hot path of every call); the first call launches Numba's pool as usual."""
+    if not _NUMBA_THREADS:
+        import numba
+
+        numba.get_num_threads()  # launches the threading layer
+        try:
+            from numba.np.ufunc.parallel import _get_num_threads
+        except ImportError:  # pragma: no cover - another Numba: the public call
+            _get_num_threads = numba.get_num_threads
+        _NUMBA_THREADS.append(_get_num_threads)
+    return int(_NUMBA_THREADS[0]())
+
+
 def devices() -> frozenset:
     """Devices the kernels can run on here: ``"cpu"``, plus ``"cuda"`` when PyTorch sees a GPU."""
     out = {"cpu"}

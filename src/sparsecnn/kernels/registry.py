@@ -1,33 +1,60 @@
 """Registry of compute kernels, one entry per (op, name).
 
 Kernels register themselves when their module is imported (``sparsecnn.kernels`` imports every
-backend). Dispatch (:mod:`sparsecnn.dispatch`) and the public functions
-(:func:`sparsecnn.conv2d`, :func:`sparsecnn.linear`) look them up here; nothing else knows the
-kernels by name.
+backend). Dispatch (:mod:`sparsecnn.dispatch`), the public functions (:func:`sparsecnn.conv2d`,
+:func:`sparsecnn.linear`) and the modules of :mod:`sparsecnn.nn` look them up here; nothing else
+knows the kernels by name.
 
-Kernel calling conventions (inputs already validated and normalised by the caller):
+A kernel declares what it can run (:class:`Kernel`): its op, the weight format families it
+accepts, the devices, input dtypes and ISA features it needs, and finer limits as
+``supports(problem)``. :func:`candidates` offers only kernels that can run a
+:class:`~sparsecnn.problem.Problem` *here*; :func:`resolve` checks a kernel asked for by name
+and raises a clear error naming what is missing.
 
-- ``op="conv2d"``: ``fn(x, weight, bias, stride, padding, dilation, groups, relu) -> Tensor`` with
-  ``x`` a contiguous float32 CPU tensor (N, C, H, W), ``weight`` a :class:`SparseWeight` (or a
-  dense tensor for the ``dense`` kernel), ``bias`` a float32 tensor (K,) or None, ``stride``,
-  ``padding``, ``dilation`` pairs of ints, ``groups`` an int, ``relu`` a bool (fused ReLU).
-  Returns (N, K, OH, OW) float32.
-- ``op="linear"``: ``fn(x, weight, bias, relu) -> Tensor`` with ``x`` (B, in) float32
-  contiguous; returns (B, out).
+Calling convention (inputs already validated and normalised by :mod:`sparsecnn.functional`):
+
+- ``prepare(weight, problem) -> operand``: whatever the kernel precomputes from the weight for
+  this problem (int32 index arrays, offsets into the padded input, an execution plan, a
+  densified copy...). Built once and cached per (weight, kernel, problem, threads) by
+  :mod:`sparsecnn.kernels.prepared`; ``None`` means the operand is the weight itself.
+- ``run(prepared, x, bias) -> Tensor`` with ``prepared`` a
+  :class:`~sparsecnn.kernels.prepared.Prepared` (``.operand``, ``.problem``, ``.weight``),
+  ``x`` contiguous on the problem's device and dtype -- ``(N, C, H, W)`` for conv2d,
+  ``(B, in_features)`` for linear -- and ``bias`` a tensor ``(K,)`` / ``(out_features,)`` of the
+  same dtype, or None. Returns ``(N, K, OH, OW)`` / ``(B, out_features)``, ReLU applied when
+  ``problem.relu``.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import inspect
+import sys
 import threading
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .capabilities import KernelUnavailableError, target
+from ..problem import OPS, Problem
+from .capabilities import KernelUnavailableError, devices, target
 
-OPS = ("conv2d", "linear")
+#: Accepts every weight format (the kernel densifies or converts in ``prepare``).
+ANY_FORMAT = "any"
 
 
-@dataclass(frozen=True)
+@functools.lru_cache(maxsize=256)
+def format_families(format_name: str) -> tuple[str, ...]:
+    """The families a weight format belongs to: ``"unified_csr"`` -> ``("unified_csr", "csr")``
+    (padded CSR is CSR to every CSR kernel); ``"dense"`` -> ``("dense",)``."""
+    if format_name == "dense":
+        return ("dense",)
+    from ..formats import FORMATS
+
+    cls = FORMATS.get(format_name)
+    return cls.families if cls is not None else (format_name,)
+
+
+@dataclass(frozen=True, eq=False)  # identity equality and hash: kernels key caches
 class Kernel:
     """A registered kernel.
 
@@ -36,43 +63,112 @@ class Kernel:
     name : str
         Unique within ``op`` (e.g. ``"direct"``, ``"im2col_spmm"``, ``"dense"``).
     op : str
-        ``"conv2d"`` or ``"linear"``.
-    fn : callable
-        The kernel, following the calling convention of its op (module docstring).
+        A key of :data:`sparsecnn.problem.OPS` (``"conv2d"``, ``"linear"``, ...).
+    run : callable
+        ``run(prepared, x, bias) -> Tensor`` (module docstring).
     formats : tuple of str
-        ``format_name`` values of the weights it accepts (``"dense"`` for a torch tensor).
-    backend : str
-        ``"cpu"`` or ``"cuda"``.
-    supports : callable or None
-        ``supports(problem: dict) -> bool`` for finer limits (e.g. groups); None means all.
+        Format families it accepts (``"dense"``, ``"csr"``, ``"bsr"``, ``"nm"``, ... or
+        :data:`ANY_FORMAT`); see :func:`format_families`.
+    prepare : callable or None
+        ``prepare(weight, problem) -> operand``; None: the operand is the weight.
     requires : tuple of str
-        ISA features the compiled code needs (:data:`~sparsecnn.kernels.capabilities.KNOWN_FEATURES`,
-        e.g. ``("avx512f",)``): never offered where the target lacks one.
+        ISA features its compiled code needs (:data:`~sparsecnn.kernels.capabilities.KNOWN_FEATURES`,
+        e.g. ``("avx512f",)``): never offered where the compilation target lacks one.
+    devices : tuple of str
+        Device types it runs on (``"cpu"``, ``"cuda"``).
+    dtypes : tuple of str
+        Input dtypes it takes (``"float32"``, ...).
+    supports : callable or None
+        ``supports(problem) -> bool`` for finer limits (e.g. groups); None means all.
+    version : str
+        Bump on a change of behaviour the source fingerprint would not show.
+    sources : tuple of str
+        Modules (dotted names) besides ``run``'s own whose source shapes the kernel's code: they
+        go into :attr:`fingerprint`, so an edit to any of them invalidates tuning decisions.
     description : str
         One line for listings and reports.
     """
 
     name: str
     op: str
-    fn: Callable
+    run: Callable
     formats: tuple[str, ...]
-    backend: str = "cpu"
-    supports: Callable[[dict], bool] | None = None
-    description: str = ""
-    prepare: Callable | None = field(default=None, compare=False)
+    prepare: Callable | None = None
     requires: tuple[str, ...] = ()
+    devices: tuple[str, ...] = ("cpu",)
+    dtypes: tuple[str, ...] = ("float32",)
+    supports: Callable[[Problem], bool] | None = field(default=None, compare=False)
+    version: str = "1"
+    sources: tuple[str, ...] = ()
+    description: str = ""
+
+    def accepts(self, format_name: str) -> bool:
+        """True if weights of ``format_name`` are of a family this kernel takes."""
+        return ANY_FORMAT in self.formats or any(f in self.formats
+                                                 for f in format_families(format_name))
 
     def unavailable(self) -> str | None:
-        """Why this kernel cannot run on this target (e.g. missing ISA features), or None."""
-        missing = target().missing(self.requires)
-        if missing:
-            return (f"{self.op} kernel {self.name!r} needs CPU features {missing} that the "
-                    f"compilation target {target().describe()} lacks")
+        """Why this kernel cannot run on this machine (missing ISA features or device), or None."""
+        return _unavailable(self)
+
+    def why_not(self, problem: Problem) -> str | None:
+        """Why this kernel cannot run ``problem`` here, or None if it can."""
+        if problem.op != self.op:
+            return f"kernel {self.name!r} is a {self.op} kernel, the problem is {problem.op}"
+        why = self.unavailable()
+        if why is not None:
+            return why
+        if not self.accepts(problem.format):
+            return (f"{self.op} kernel {self.name!r} accepts weight formats {self.formats}, "
+                    f"got {problem.format!r}")
+        if problem.device not in self.devices:
+            return (f"{self.op} kernel {self.name!r} runs on {self.devices}, but the input is "
+                    f"on {problem.device}")
+        if problem.dtype not in self.dtypes:
+            return f"{self.op} kernel {self.name!r} takes {self.dtypes} input, got {problem.dtype}"
+        if self.supports is not None and not self.supports(problem):
+            return f"{self.op} kernel {self.name!r} does not support this problem: {problem.key()}"
         return None
+
+    @property
+    def fingerprint(self) -> str:
+        """``name@version+hash`` of the source of ``run``'s module and :attr:`sources`: part of
+        every tuning-cache key, so a changed kernel never reuses a stale decision."""
+        return _fingerprint(self)
+
+
+@functools.lru_cache(maxsize=None)
+def _unavailable(kernel: Kernel) -> str | None:
+    missing = target().missing(kernel.requires)
+    if missing:
+        return (f"{kernel.op} kernel {kernel.name!r} needs CPU features {missing} that the "
+                f"compilation target {target().describe()} lacks")
+    if not set(kernel.devices) & devices():
+        return f"{kernel.op} kernel {kernel.name!r} needs a device in {kernel.devices}; none here"
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def _fingerprint(kernel: Kernel) -> str:
+    h = hashlib.sha1(kernel.version.encode())
+    mods = [getattr(kernel.run, "__module__", None), *kernel.sources]
+    for mod in mods:
+        m = sys.modules.get(mod) if mod else None
+        try:
+            h.update(inspect.getsource(m).encode() if m is not None else repr(mod).encode())
+        except (OSError, TypeError):  # no source (frozen / interactive): the name only
+            h.update(repr(mod).encode())
+    return f"{kernel.name}@{kernel.version}+{h.hexdigest()[:10]}"
 
 
 _LOCK = threading.Lock()
 _KERNELS: dict[tuple[str, str], Kernel] = {}
+_GENERATION = [0]
+
+
+def generation() -> int:
+    """Bumped on every register / unregister (decision memos key on it)."""
+    return _GENERATION[0]
 
 
 def register(kernel: Kernel) -> Kernel:
@@ -81,20 +177,30 @@ def register(kernel: Kernel) -> Kernel:
     Raises
     ------
     ValueError
-        If ``kernel.op`` is unknown or ``(op, name)`` is already registered.
+        If ``kernel.op`` has no problem type or ``(op, name)`` is already registered to another
+        function.
     """
     if kernel.op not in OPS:
-        raise ValueError(f"unknown op {kernel.op!r}; expected one of {OPS}")
+        raise ValueError(f"unknown op {kernel.op!r}; expected one of {sorted(OPS)}")
     key = (kernel.op, kernel.name)
     with _LOCK:
-        if key in _KERNELS and _KERNELS[key].fn is not kernel.fn:
+        old = _KERNELS.get(key)
+        if old is not None and old.run is not kernel.run:
             raise ValueError(f"kernel {kernel.name!r} is already registered for op {kernel.op!r}")
         _KERNELS[key] = kernel
+        _GENERATION[0] += 1
     return kernel
 
 
+def unregister(op: str, name: str) -> None:
+    """Remove a kernel (tests registering fakes clean up with this); no error if absent."""
+    with _LOCK:
+        _KERNELS.pop((op, name), None)
+        _GENERATION[0] += 1
+
+
 def get(op: str, name: str) -> Kernel:
-    """Return the kernel ``name`` of ``op``.
+    """Return the kernel ``name`` of ``op`` (whether or not it can run here).
 
     Raises
     ------
@@ -109,28 +215,49 @@ def get(op: str, name: str) -> Kernel:
         ) from None
 
 
-def runnable(op: str, name: str) -> Kernel:
-    """:func:`get`, raising :class:`KernelUnavailableError` if the kernel cannot run here."""
-    k = get(op, name)
-    why = k.unavailable()
-    if why is not None:
-        raise KernelUnavailableError(why)
-    return k
-
-
 def names(op: str) -> list[str]:
     """Names of the kernels registered for ``op``, in registration order."""
-    return [n for (o, n) in _KERNELS if o == op]
+    return [n for (o, n) in list(_KERNELS) if o == op]
 
 
-def candidates(op: str, format_name: str, problem: dict | None = None) -> list[Kernel]:
-    """Kernels of ``op`` that accept weights of ``format_name``, can run on this target and
-    support ``problem``."""
-    out = []
-    for (o, _), k in list(_KERNELS.items()):
-        if o != op or format_name not in k.formats or k.unavailable() is not None:
-            continue
-        if problem is not None and k.supports is not None and not k.supports(problem):
-            continue
-        out.append(k)
-    return out
+def kernels(op: str) -> list[Kernel]:
+    """The kernels registered for ``op``, in registration order."""
+    return [k for (o, _), k in list(_KERNELS.items()) if o == op]
+
+
+def candidates(problem: Problem) -> list[Kernel]:
+    """Kernels that can run ``problem`` on this machine (registration order)."""
+    return [k for k in kernels(problem.op) if k.why_not(problem) is None]
+
+
+def resolve(problem: Problem, name: str) -> Kernel:
+    """The kernel ``name`` for ``problem``, checked.
+
+    Raises
+    ------
+    ValueError
+        Unknown name (the registered ones are listed), a weight format the kernel does not take
+        (the kernels that do are listed), a device it does not run on, or a problem outside its
+        ``supports``.
+    KernelUnavailableError
+        (a ValueError) If this machine lacks an ISA feature or device the kernel needs.
+    TypeError
+        If the input dtype is not one the kernel takes.
+    """
+    kernel = get(problem.op, name)
+    why = kernel.unavailable()
+    if why is not None:
+        raise KernelUnavailableError(why)
+    why = kernel.why_not(problem)
+    if why is None:
+        return kernel
+    if problem.dtype not in kernel.dtypes:
+        raise TypeError(why)
+    if not kernel.accepts(problem.format):
+        ok = [k.name for k in kernels(problem.op) if k.accepts(problem.format)]
+        raise ValueError(f"{why}; kernels for {problem.format!r}: {ok}")
+    raise ValueError(why)
+
+
+__all__ = ["Kernel", "ANY_FORMAT", "register", "unregister", "get", "names", "kernels", "generation",
+           "candidates", "resolve", "format_families", "KernelUnavailableError"]

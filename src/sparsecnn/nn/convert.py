@@ -11,7 +11,6 @@ from torch import nn
 
 from .._atomic import atomic_path
 from ..dispatch import DEFAULT_MARGIN, tune
-from ..kernels import registry
 from .fusion import find_relu_fusions, fold_batchnorm, fuse_relu_, try_trace
 from .modules import SparseConv2d, SparseLinear
 
@@ -136,14 +135,21 @@ def _capture_inputs(model: nn.Module, example_input) -> dict[str, torch.Tensor]:
 
 
 def tune_(model: nn.Module, example_input, *, margin: float = DEFAULT_MARGIN,
-          use_cache: bool = True, progress: Callable[[str], None] | None = None) -> nn.Module:
+          use_cache: bool = True, retune: bool = False,
+          progress: Callable[[str], None] | None = None) -> nn.Module:
     """Measure the kernels of every sparse module of ``model`` (``algo="auto"``) on the inputs
-    it sees for ``example_input`` and fix each layer's choice for that batch size, in place.
+    it sees for ``example_input`` and fix each layer's choice for that input signature, in place.
 
-    Each layer tries the registered kernels for its format (plus dense), see
-    :func:`sparsecnn.dispatch.tune` (warm-up, interleaved repeats, outliers dropped, median;
-    a wrong output is rejected; dense wins unless beaten by ``margin``). The results are kept in
-    ``module.tuning[batch]`` and the choice in ``module.choices[batch]``.
+    Each layer tries the kernels that can run its problem here (plus dense), see
+    :func:`sparsecnn.dispatch.tune` (warm-up, alternating blocks, outliers dropped, median;
+    a wrong output is rejected; dense wins unless beaten by ``margin``; disturbed measurements
+    are repeated and never cached). The results are kept in ``module.tuning[key]`` and the
+    choice in ``module.choices[key]``, ``key`` the layer's problem key at that input.
+
+    Parameters
+    ----------
+    retune : bool
+        Measure even where the tuning cache holds a decision (and replace it).
 
     Returns
     -------
@@ -161,35 +167,28 @@ def tune_(model: nn.Module, example_input, *, margin: float = DEFAULT_MARGIN,
         if mod.op == "linear" and x.ndim != 2:
             x = x.reshape(-1, mod.in_features)
         x = x.contiguous()
-        problem = mod.problem(tuple(x.shape), str(x.dtype).removeprefix("torch."), x.device.type)
-        batch = problem["N"] if mod.op == "conv2d" else problem["B"]
+        problem, _ = mod._problem_of(x)
         if progress is not None:
             progress(name)
-        res = tune(mod.op, _runner(mod, x), problem, margin=margin, use_cache=use_cache)
-        mod.choices[batch] = res.choice
-        mod.tuning[batch] = res.to_dict()
+        res = tune(problem, _runner(mod, x), margin=margin, use_cache=use_cache, retune=retune)
+        key = problem.key()
+        mod.choices[key] = res.choice
+        mod.tuning[key] = {**res.to_dict(), "batch": problem.batch}
         mod.reset_plans()
     return model
 
 
 def _runner(mod, x: torch.Tensor):
-    """``run(name)`` for tuning: validated through the functional API on first use of a kernel,
-    then the kernel function directly (as the module's forward runs it)."""
+    """``run(name)`` for tuning: validated and resolved once per kernel (as the module's forward
+    resolves it), then the kernel called directly."""
     fast: dict[str, Callable] = {}
 
     def run(name: str) -> torch.Tensor:
         fn = fast.get(name)
-        if fn is not None:
-            return fn()
-        y = mod.run(x, name)
-        k = registry.get(mod.op, name).fn
-        w = mod._run_weight(name, x.dtype)
-        if mod.op == "conv2d":
-            fast[name] = lambda: k(x, w, mod.bias, mod.stride, mod.padding, mod.dilation,
-                                   mod.groups, mod.relu)
-        else:
-            fast[name] = lambda: k(x, w, mod.bias, mod.relu)
-        return y
+        if fn is None:
+            k_run, prep, bias = mod._plan(x, name)
+            fn = fast[name] = lambda: k_run(prep, x, bias)
+        return fn()
     return run
 
 
@@ -199,13 +198,14 @@ def layer_table(model: nn.Module, batch: int | None = None) -> list[dict]:
     rejected kernels. Plain data for reports."""
     rows = []
     for name, m in sparse_modules(model):
-        b = batch if batch is not None else (min(m.tuning) if m.tuning else None)
-        t = m.tuning.get(b) if b is not None else None
+        tuned = {t["batch"]: t for t in m.tuning.values()}
+        b = batch if batch is not None else (min(tuned) if tuned else None)
+        t = tuned.get(b) if b is not None else None
         row = {
             "name": name, "kind": type(m).__name__, "shape": list(m.weight.shape),
             "sparsity": m.weight.sparsity, "nnz": m.weight.nnz, "format": m.weight.format_name,
             "relu": m.relu, "nbytes": m.nbytes, "dense_nbytes": m.dense_nbytes, "batch": b,
-            "kernel": m.algo if m.algo != "auto" else m.choices.get(b, "auto"),
+            "kernel": m.algo if m.algo != "auto" else (t["choice"] if t else "auto"),
             "dense_ms": None, "chosen_ms": None, "speedup": None, "rejected": [],
         }
         if t is not None:
@@ -219,12 +219,15 @@ def layer_table(model: nn.Module, batch: int | None = None) -> list[dict]:
 
 
 def model_nbytes(model: nn.Module) -> dict:
-    """Bytes of the model's parameters and buffers as stored: sparse modules count their sparse
-    arrays + bias; everything else its tensors. Also the dense equivalent."""
-    sparse = dense = 0
+    """Bytes of the model: ``nbytes`` as stored (sparse modules count their sparse arrays and
+    bias, everything else its parameters and buffers), ``held_nbytes`` as held in memory now
+    (plus what the sparse layers' kernels prepared and keep: a dense copy for a layer that runs
+    dense, offsets and plans), and ``dense_nbytes``, the dense equivalent."""
+    sparse = dense = held = 0
     seen = set()
     for _, m in sparse_modules(model):
         sparse += m.nbytes
+        held += m.held_nbytes
         dense += m.dense_nbytes
         seen.add(id(m))
     for _, m in model.named_modules():
@@ -233,8 +236,9 @@ def model_nbytes(model: nn.Module) -> dict:
         for t in list(m.parameters(recurse=False)) + list(m.buffers(recurse=False)):
             nb = t.numel() * t.element_size()
             sparse += nb
+            held += nb
             dense += nb
-    return {"nbytes": sparse, "dense_nbytes": dense}
+    return {"nbytes": sparse, "held_nbytes": held, "dense_nbytes": dense}
 
 
 # ---------------------------------------------------------------------------------------------

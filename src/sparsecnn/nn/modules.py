@@ -1,16 +1,19 @@
 """Inference modules holding a sparse weight: :class:`SparseConv2d` and :class:`SparseLinear`.
 
 Each module holds a :class:`~sparsecnn.formats.SparseWeight`, a bias, its geometry, a fused-ReLU
-flag and the kernel to run, per batch size (``choices``, filled by tuning) or ``"auto"``
-(the tuning cache's decision for the input's shape, else a heuristic, see
-:func:`sparsecnn.dispatch.choose_layer`). ``"dense"`` runs a densified copy of the weight
-through PyTorch (oneDNN): a layer is never forced onto a sparse kernel slower than dense.
+flag and the kernel to run: ``algo`` fixed by name, or ``"auto"``: the choice tuning made for the
+input's signature (``choices``, keyed by the :class:`~sparsecnn.problem.Problem` key of the
+input's shape, dtype and device), else :func:`sparsecnn.dispatch.choose` -- the same policy as
+:func:`sparsecnn.conv2d` with ``algo="auto"``. ``"dense"`` runs PyTorch on the densified weight
+(kept by the prepared-operand cache): a layer is never forced onto a sparse kernel slower than
+dense.
 
 Forward path, kept lean because per-layer overhead dominates small models at batch 1: the first
-call with a given input shape and dtype goes through :func:`sparsecnn.functional.conv2d` /
-:func:`~sparsecnn.functional.linear` (every argument validated, kernel resolved) and remembers a
-*plan* ``(kernel function, weight)`` for that shape; later calls with the same shape call the
-kernel directly (the validation would repeat on identical arguments, so it is skipped).
+call with a given input signature (shape, dtype, device) validates every argument and resolves
+the kernel and its prepared operand exactly as :func:`sparsecnn.conv2d` does
+(:func:`sparsecnn.functional.conv2d_problem`, :func:`sparsecnn.functional.resolve`) and remembers
+``(kernel.run, prepared)`` for that signature; later calls with the same signature call the
+kernel directly.
 """
 
 from __future__ import annotations
@@ -20,10 +23,11 @@ import math
 import torch
 from torch import nn
 
+from .. import dispatch
 from .. import functional as Fs
-from ..dispatch import choose_layer
 from ..formats import SparseWeight, to_sparse
-from ..kernels import registry
+from ..kernels import prepared, registry
+from ..problem import ConvProblem, LinearProblem, dtype_name
 
 
 def _check_training(module: nn.Module) -> None:
@@ -55,45 +59,47 @@ class _SparseBase(nn.Module):
         self.register_buffer("bias", bias)
         self.relu = bool(relu)
         self.algo = algo
-        #: batch size -> kernel name (set by tuning or :meth:`set_choice`)
-        self.choices: dict[int, str] = {}
-        #: batch size -> TuneResult as a dict (what tuning measured)
-        self.tuning: dict[int, dict] = {}
+        #: problem key (input signature) -> kernel name (set by tuning or :meth:`set_choice`)
+        self.choices: dict[str, str] = {}
+        #: problem key -> TuneResult as a dict (what tuning measured), with its "batch"
+        self.tuning: dict[str, dict] = {}
         self._plans: dict = {}
-        self._dense: torch.Tensor | None = None
 
     # -- state -------------------------------------------------------------------------------
     def dense_weight(self, dtype=torch.float32) -> torch.Tensor:
-        """The densified weight (cached; built on first use)."""
-        if self._dense is None or self._dense.dtype != dtype:
-            self._dense = self.weight.to_dense().to(dtype).contiguous()
-        return self._dense
+        """The densified weight (a new tensor)."""
+        return self.weight.to_dense().to(dtype).contiguous()
 
-    def set_choice(self, batch: int, name: str) -> None:
-        """Run inputs of batch size ``batch`` with kernel ``name`` (``"dense"`` or a sparse one)."""
+    def set_choice(self, x_shape, name: str, dtype=torch.float32, device="cpu") -> None:
+        """Run inputs of shape ``x_shape`` (and ``dtype``, ``device``) with kernel ``name``
+        (``"dense"`` or a sparse one)."""
         registry.get(self.op, name)
-        self.choices[int(batch)] = name
+        self.choices[self.problem(tuple(x_shape), dtype_name(dtype), str(device)).key()] = name
         self._plans.clear()
 
     def reset_plans(self) -> None:
-        """Forget the per-shape plans (after changing ``algo``, ``choices`` or the weight)."""
+        """Forget the per-signature plans (after changing ``algo``, ``choices`` or the weight)."""
         self._plans.clear()
-        self._dense = None
 
-    def kernel_for(self, problem: dict) -> str:
+    def kernel_for(self, problem) -> str:
         """The kernel this module runs ``problem`` with: ``algo`` if fixed, else the tuned choice
-        for the batch, else :func:`sparsecnn.dispatch.choose_layer`."""
+        for its signature, else :func:`sparsecnn.dispatch.choose`."""
         if self.algo != "auto":
             return self.algo
-        batch = problem["N"] if self.op == "conv2d" else problem["B"]
-        name = self.choices.get(batch)
-        return name if name is not None else choose_layer(self.op, self.weight, problem)
+        name = self.choices.get(problem.key())
+        return name if name is not None else dispatch.choose(problem)
 
     @property
     def nbytes(self) -> int:
         """Bytes of the stored sparse weight (indices + values) and bias."""
         b = 0 if self.bias is None else self.bias.numel() * self.bias.element_size()
         return self.weight.nbytes + b
+
+    @property
+    def held_nbytes(self) -> int:
+        """Bytes this layer holds now: :attr:`nbytes` plus what its kernels prepared from the
+        weight and keep (a dense copy when the layer runs dense, offsets, plans)."""
+        return self.nbytes + prepared.CACHE.held_nbytes(self.weight)
 
     @property
     def dense_nbytes(self) -> int:
@@ -104,11 +110,21 @@ class _SparseBase(nn.Module):
     def __getstate__(self):
         state = self.__dict__.copy()
         state["_plans"] = {}
-        state["_dense"] = None
         return state
 
-    def _run_weight(self, name: str, dtype) -> object:
-        return self.dense_weight(dtype) if name == "dense" else self.weight
+    def _apply(self, fn, *args, **kwargs):
+        # .to() / .float() / .cuda() replace the bias buffer: plans hold the old one
+        self._plans.clear()
+        return super()._apply(fn, *args, **kwargs)
+
+    def _plan(self, x: torch.Tensor, name: str | None = None):
+        """Validate, resolve and remember ``(kernel.run, prepared)`` for ``x``'s signature;
+        ``name`` overrides the module's choice (tuning runs each candidate)."""
+        problem, bias = self._problem_of(x)
+        kernel, prep = Fs.resolve(problem, self.weight, name or self.kernel_for(problem))
+        if name is None:
+            self._plans[(x.shape, x.dtype, x.device)] = (kernel.run, prep, bias)
+        return kernel.run, prep, bias
 
 
 class SparseConv2d(_SparseBase):
@@ -185,40 +201,41 @@ class SparseConv2d(_SparseBase):
         return cls(w, conv.bias, conv.stride, padding, conv.dilation, conv.groups,
                    relu=relu, algo=algo)
 
-    def problem(self, x_shape, dtype: str = "float32", device: str = "cpu") -> dict:
-        """The problem dict for an input of ``x_shape`` (see :func:`sparsecnn.functional.conv2d_problem`)."""
-        p = Fs.conv2d_problem(tuple(x_shape), self.weight.shape, self.stride, self.padding,
-                              self.dilation, self.groups, density=self.weight.density,
-                              fmt=self.weight.format_name, dtype=dtype, device=device)
-        p["relu"] = self.relu
-        return p
+    def problem(self, x_shape, dtype: str = "float32", device: str = "cpu") -> ConvProblem:
+        """The :class:`~sparsecnn.problem.ConvProblem` of an input of ``x_shape`` (N, C, H, W)."""
+        return ConvProblem.from_shapes(tuple(x_shape), self.weight.shape, self.stride,
+                                       self.padding, self.dilation, self.groups, relu=self.relu,
+                                       format=self.weight.format_name,
+                                       density=float(self.weight.density), dtype=dtype,
+                                       device=device)
+
+    def _problem_of(self, x: torch.Tensor):
+        _, problem, bias, _ = Fs.conv2d_problem(x, self.weight, self.bias, self.stride,
+                                                self.padding, self.dilation, self.groups,
+                                                self.relu)
+        return problem, bias
 
     def run(self, x: torch.Tensor, name: str) -> torch.Tensor:
         """Run with kernel ``name`` through the validating functional API (tuning, tests)."""
-        return Fs.conv2d(x, self._run_weight(name, x.dtype), self.bias, self.stride, self.padding,
-                         self.dilation, self.groups, algo=name, relu=self.relu)
+        return Fs.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation,
+                         self.groups, algo=name, relu=self.relu)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Convolve ``x`` (N, C, H, W) -> (N, K, OH, OW); 3-D (C, H, W) input is accepted too."""
         if self.training and torch.is_grad_enabled():
             _check_training(self)
         try:
-            plan = self._plans.get((x.shape, x.dtype))
+            plan = self._plans.get((x.shape, x.dtype, x.device))
         except AttributeError:
             raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}") from None
-        if plan is not None:
-            return plan[0](x.contiguous(), plan[1], self.bias, self.stride, self.padding,
-                           self.dilation, self.groups, self.relu)
-        if x.ndim == 3:  # unbatched (C, H, W)
-            return self.forward(x.unsqueeze(0))[0]
-        if x.ndim != 4:
-            raise ValueError(f"input must be 4-D (N, C, H, W) or 3-D (C, H, W), got shape {tuple(x.shape)}")
-        name = self.kernel_for(self.problem(x.shape, str(x.dtype).removeprefix("torch."),
-                                            x.device.type))
-        y = self.run(x, name)  # validates every argument once for this shape
-        self._plans[(x.shape, x.dtype)] = (registry.get("conv2d", name).fn,
-                                           self._run_weight(name, x.dtype))
-        return y
+        if plan is None:
+            if x.ndim == 3:  # unbatched (C, H, W)
+                return self.forward(x.unsqueeze(0))[0]
+            if not isinstance(x, torch.Tensor) or x.ndim != 4:
+                raise ValueError(f"input must be 4-D (N, C, H, W) or 3-D (C, H, W), got shape "
+                                 f"{tuple(x.shape)}")
+            plan = self._plan(x)
+        return plan[0](plan[1], x.contiguous(), plan[2])
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
@@ -265,39 +282,37 @@ class SparseLinear(_SparseBase):
         w = to_sparse(linear.weight.detach().float(), format=format, **format_options)
         return cls(w, linear.bias, relu=relu, algo=algo)
 
-    def problem(self, x_shape, dtype: str = "float32", device: str = "cpu") -> dict:
-        """The linear problem dict for a 2-D input of ``x_shape``."""
-        return {"op": "linear", "B": int(x_shape[0]), "in": self.in_features,
-                "out": self.out_features, "density": float(self.weight.density),
-                "format": self.weight.format_name, "dtype": dtype, "device": device,
-                "relu": self.relu}
+    def problem(self, x_shape, dtype: str = "float32", device: str = "cpu") -> LinearProblem:
+        """The :class:`~sparsecnn.problem.LinearProblem` of a 2-D input of ``x_shape``."""
+        return LinearProblem(int(x_shape[0]), self.in_features, self.out_features, self.relu,
+                             self.weight.format_name, float(self.weight.density), dtype, device)
+
+    def _problem_of(self, x: torch.Tensor):
+        _, problem, bias, _ = Fs.linear_problem(x, self.weight, self.bias, self.relu)
+        return problem, bias
 
     def run(self, x: torch.Tensor, name: str) -> torch.Tensor:
         """Run with kernel ``name`` through the validating functional API."""
-        return Fs.linear(x, self._run_weight(name, x.dtype), self.bias, algo=name, relu=self.relu)
+        return Fs.linear(x, self.weight, self.bias, algo=name, relu=self.relu)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` (..., in_features) -> (..., out_features)."""
         if self.training and torch.is_grad_enabled():
             _check_training(self)
         try:
-            plan = self._plans.get((x.shape, x.dtype))
+            plan = self._plans.get((x.shape, x.dtype, x.device))
         except AttributeError:
             raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}") from None
-        if plan is not None:
-            return plan[0](x.contiguous(), plan[1], self.bias, self.relu)
-        if x.ndim != 2:  # (..., in): run as (prod(...), in)
-            if x.ndim < 1 or x.shape[-1] != self.in_features:
-                raise ValueError(f"input must have shape (..., {self.in_features}), got {tuple(x.shape)}")
-            lead = x.shape[:-1]
-            return self.forward(x.reshape(math.prod(lead), self.in_features)).reshape(
-                *lead, self.out_features)
-        name = self.kernel_for(self.problem(x.shape, str(x.dtype).removeprefix("torch."),
-                                            x.device.type))
-        y = self.run(x, name)
-        self._plans[(x.shape, x.dtype)] = (registry.get("linear", name).fn,
-                                           self._run_weight(name, x.dtype))
-        return y
+        if plan is None:
+            if x.ndim != 2:  # (..., in): run as (prod(...), in)
+                if x.ndim < 1 or x.shape[-1] != self.in_features:
+                    raise ValueError(f"input must have shape (..., {self.in_features}), got "
+                                     f"{tuple(x.shape)}")
+                lead = x.shape[:-1]
+                return self.forward(x.reshape(math.prod(lead), self.in_features)).reshape(
+                    *lead, self.out_features)
+            plan = self._plan(x)
+        return plan[0](plan[1], x.contiguous(), plan[2])
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "

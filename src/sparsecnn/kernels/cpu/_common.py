@@ -4,44 +4,43 @@ Kernels follow one split (as in pydata/sparse): the Python wrapper converts tens
 views, allocates the output and launches; the ``@njit`` body only computes. The helpers here
 are that marshalling plus the one compute helper more than one kernel needs (padding the input).
 
-- :func:`csr_arrays` -- ``(rowptr, colidx, values)`` of a CSR-like weight, values as float32.
-- :func:`bias_array` -- the bias as a float32 ndarray (zeros when there is none).
+- :func:`prepare_compressed` -- the ``prepare`` step of CSR / BSR kernels: a
+  :class:`CompressedOperand` (int32 ``rowptr``/``colidx``, float32 ``values``, a zero bias).
+- :func:`bias_or_zero` -- the bias as a float32 ndarray (the operand's zeros when there is none).
 - :func:`as_array` -- a float32 CPU tensor as a C-contiguous ndarray sharing its memory.
 - :func:`pad_input` -- zero-padded copy of an NCHW input (parallel over planes).
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import torch
 from numba import njit, prange
 
 
-def csr_arrays(weight) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The CSR arrays of ``weight`` for a kernel: int32 rowptr/colidx, float32 values.
+class CompressedOperand(NamedTuple):
+    """Kernel-ready arrays of a CSR-like or BSR weight (the prepared operand of its kernels)."""
 
-    Works for every format storing ``rowptr``/``colidx``/``values`` over the matrix view
-    (``csr``, ``unified_csr``); explicit zeros a format stores are harmless.
-
-    Parameters
-    ----------
-    weight : SparseWeight with ``rowptr`` (nrows + 1,), ``colidx`` (nnz,), ``values`` (nnz,)
-
-    Returns
-    -------
-    rowptr, colidx : numpy.ndarray int32
-    values : numpy.ndarray float32 (a copy only when stored in another dtype)
-    """
-    return (np.ascontiguousarray(weight.rowptr, dtype=np.int32),
-            np.ascontiguousarray(weight.colidx, dtype=np.int32),
-            np.ascontiguousarray(weight.values, dtype=np.float32))
+    rowptr: np.ndarray      # (nrows + 1,) or (nblockrows + 1,) int32
+    colidx: np.ndarray      # (nstored,) or (nblocks,) int32
+    values: np.ndarray      # (nstored,) or (nblocks, bh, bw) float32
+    zero_bias: np.ndarray   # (nrows,) float32 zeros: the bias when there is none
 
 
-def bias_array(bias, nout: int) -> np.ndarray:
-    """``bias`` (a float32 tensor (nout,) or None) as a float32 ndarray (nout,); zeros if None."""
-    if bias is None:
-        return np.zeros(nout, dtype=np.float32)
-    return as_array(bias)
+def prepare_compressed(weight, problem) -> CompressedOperand:
+    """The ``prepare`` step of the CSR and BSR kernels: index arrays as int32 and values as
+    float32 (the weight's own read-only arrays when they already are), plus a zero bias."""
+    return CompressedOperand(np.ascontiguousarray(weight.rowptr, dtype=np.int32),
+                             np.ascontiguousarray(weight.colidx, dtype=np.int32),
+                             np.ascontiguousarray(weight.values, dtype=np.float32),
+                             np.zeros(weight.shape[0], dtype=np.float32))
+
+
+def bias_or_zero(bias, operand) -> np.ndarray:
+    """``bias`` as a float32 ndarray, or the operand's zero bias when it is None."""
+    return operand.zero_bias if bias is None else as_array(bias)
 
 
 def as_array(t: torch.Tensor) -> np.ndarray:

@@ -1,146 +1,75 @@
-"""Direct sparse convolution on the CPU (Numba + explicit AVX-512 register blocking).
+"""Direct sparse convolution on the CPU, portable: generic LLVM vector IR for any target.
 
 Algorithm (Park et al. 2017, "Faster CNNs with direct sparse convolutions and guided pruning",
-ICLR; the same data layout as Escoin, Chen 2018):
+ICLR; the same data layout as Escoin, Chen 2018), as in the AVX-512 kernel
+(:mod:`sparsecnn.kernels.cpu.direct_avx512`) but with only target-independent vector code
+(:mod:`sparsecnn.kernels.cpu._vec`), so it compiles and runs wherever Numba does (x86 from SSE2
+to AVX-512, Arm NEON, ...):
 
 1. The weight's CSR column indices are rewritten once per input geometry into offsets into the
-   prepared input (:class:`~sparsecnn.formats.direct.DirectConvCSR`, cached per weight object
-   and geometry).
+   prepared input (:class:`~sparsecnn.kernels.cpu.direct_csr.DirectConvCSR`), in the kernel's
+   ``prepare`` step (cached with the weight by :mod:`sparsecnn.kernels.prepared`).
 2. Per call, the input is copied once into a flat, 64-byte aligned float32 buffer (reused per
-   Python thread): padded (stride 1: one ``vexpandps`` + store per 16 floats of a padded plane,
-   lane masks precomputed per plan), and for stride > 1 split into ``sh * sw`` phase planes
-   (space-to-depth; stride 2 with AVX-512 even/odd shuffles), so that every tap of every stride
-   is a stride-1 read.
+   Python thread), padded: for stride 1 each channel is one pass of row copies and zero fills
+   (:func:`~sparsecnn.kernels.cpu._vec.copy_span` / ``fill_span``: unaligned vectors, no masked
+   stores); for stride > 1 the input is split into ``sh * sw`` phase planes
+   ``xpad[py::sh, px::sw]`` (space-to-depth), so every tap of every stride is a stride-1 read.
 3. Each output channel's plane is computed over the padded row width ``Wph`` as one contiguous
-   range ``[0, OH * Wph)``, cut into tiles of ``NV`` vectors of 16 floats. For a tile, the loop
-   over the channel's nonzeros keeps the ``NV`` accumulators in zmm registers
-   (:mod:`sparsecnn.kernels.cpu._simd`): one broadcast, ``NV + 1`` aligned loads realigned by
-   ``NV`` permutes, and ``NV`` FMAs per nonzero. Bias initialises the accumulators; ReLU is
-   applied when the tile is stored into the ``(N, K, OH, OW)`` output, the ``Wph - OW`` junk
-   columns packed out with ``vcompressps`` and a masked store.
+   range ``[0, OH * Wph)``, cut into tiles of ``NV`` vectors of ``VW`` floats (``VW`` and
+   ``NV <= NV_MAX`` per target: :func:`~sparsecnn.kernels.cpu._vec.vector_shape`). For a tile,
+   the loop over the channel's nonzeros keeps the ``NV`` accumulators in registers: one
+   broadcast, ``NV`` unaligned loads and ``NV`` multiply-adds (``llvm.fmuladd``) per nonzero.
+   Bias initialises the accumulators; ReLU is applied when the tile is stored to a per-item
+   scratch buffer, from which each output row segment (the ``OW`` real columns; the ``Wph - OW``
+   junk columns are dropped) is copied into the ``(N, K, OH, OW)`` output.
 4. Threads (``prange``, one parallel region per call: the input preparation is split into
    channel slices claimed atomically by the items sharing an image, see :func:`_run_parallel`)
-   take work items ``(image, chunk of output channels, group of tiles)``;
-   output-channel chunks are balanced by nnz with :func:`partition_rows`. Inside an item tiles
+   take work items ``(image, chunk of output channels, group of tiles)``; output-channel chunks
+   are balanced by nnz (:func:`~sparsecnn.kernels.cpu._direct_common.partition_rows`). Tiles
    are the outer loop and channels the inner one, so a tile's input window is reused from cache
    across channels. Input channels may be blocked (``cblock``) so the slice of input a block's
-   nonzeros read stays in L1; partial sums then live in a small scratch buffer.
+   nonzeros read stays in L1; partial sums then live in the scratch buffer.
 
 Tiny problems (a few microseconds of work) run single-threaded: waking threads would cost more.
 """
 
 from __future__ import annotations
 
-import threading
-import weakref
+import os
 
 import numba
 import numpy as np
-import torch
 from numba import njit, prange
 
-from ...formats.direct import DirectConvCSR
 from ..registry import Kernel, register
-from ._simd import (NV_MAX, VEC, deinterleave2, expand16, expand16_full, fma_tile, is_ready, publish,
-                    try_claim, vfill)
+from ._direct_common import (BUF, HPH, IMG, K, NB, NKC, NPHASE, NSL, NTG, NV, OH, OW, PH,
+                             PLANE, PW, SCI, SH, SW, TL, WPH, DirectOperand, TilePlan,
+                             partition_rows)
+from ._direct_common import layout as _layout
+from ._vec import NV_MAX, VW, copy_span, fill_span, fma_tile, is_ready, publish, try_claim
+from .direct_csr import DirectConvCSR
 
-__all__ = ["conv2d_direct", "partition_rows", "prepare", "plan"]
+__all__ = ["conv2d_direct", "prepare_direct", "layout", "partition_rows", "VW", "NV_MAX"]
 
-# Work (in 16-wide FMAs) below which a call runs on one thread.
-SERIAL_WORK = 40_000
-# Input-channel blocking: bytes of input per channel block (L1d is 48 KiB; 64 KiB measured best
-# on AlexNet conv4, the tail of a block being read while the next starts), and the fewest
-# nonzeros per (row, block) for blocking to pay.
-L1_BLOCK_BYTES = 64 * 1024
-MIN_BLOCK_NNZ = 16
-
-# prm indices (int64 geometry/plan vector passed to the jitted functions)
-(_SH, _SW, _PH, _PW, _HPH, _WPH, _PLANE, _NPHASE, _IMG, _OH, _OW, _K, _NV, _TL, _NT, _NB,
- _NKC, _NTG, _SCI, _L, _BUF, _NSL) = range(22)
-_NPRM = 22
+#: Multiply-adds (floats) below which a call runs on one thread (the AVX-512 kernel's 40 000
+#: 16-wide FMAs).
+SERIAL_WORK = 640_000
 
 
 # --------------------------------------------------------------------------------------------
-# load balance
-# --------------------------------------------------------------------------------------------
-def partition_rows(rowptr, nparts: int, row_cost: float = 1.0) -> np.ndarray:
-    """Split rows (output channels) into ``nparts`` contiguous chunks of balanced work.
-
-    The work of row ``k`` is its nnz plus ``row_cost`` (the fixed cost of initialising and
-    storing a row, in units of one nonzero), so even an all-zero weight is split evenly. Chunk
-    ``p`` is rows ``[b[p], b[p+1])`` of the returned boundaries ``b``; each boundary is placed
-    where the cumulative work first reaches ``p / nparts`` of the total (chunks may be empty
-    when ``nparts`` exceeds the rows).
-
-    Parameters
-    ----------
-    rowptr : array_like (nrows + 1,) int
-        CSR row pointer.
-    nparts : int
-        Number of chunks, >= 1 (usually the thread count).
-    row_cost : float
-        Work of a row besides its nonzeros, >= 0.
-
-    Returns
-    -------
-    numpy.ndarray (nparts + 1,) int64
-        Non-decreasing boundaries with ``b[0] == 0`` and ``b[-1] == nrows``.
-
-    Raises
-    ------
-    ValueError
-        If ``nparts < 1``, ``row_cost < 0`` or ``rowptr`` is not a 1-D non-decreasing array.
-    """
-    if isinstance(nparts, bool) or int(nparts) != nparts or nparts < 1:
-        raise ValueError(f"nparts must be a positive int, got {nparts!r}")
-    if row_cost < 0:
-        raise ValueError(f"row_cost must be >= 0, got {row_cost}")
-    rp = np.asarray(rowptr, dtype=np.int64)
-    if rp.ndim != 1 or rp.size < 1 or (np.diff(rp) < 0).any():
-        raise ValueError("rowptr must be a 1-D non-decreasing array of length nrows + 1")
-    nrows = rp.size - 1
-    cum = (rp - rp[0]).astype(np.float64) + row_cost * np.arange(nrows + 1)
-    total = cum[-1]
-    if total <= 0:
-        return np.linspace(0, nrows, int(nparts) + 1).round().astype(np.int64)
-    targets = total * np.arange(1, int(nparts)) / nparts
-    # boundary after the row whose cumulative work is nearest the target
-    idx = np.searchsorted(cum, targets, side="left")
-    lo = np.clip(idx - 1, 0, nrows)
-    hi = np.clip(idx, 0, nrows)
-    pick = np.where(np.abs(cum[lo] - targets) <= np.abs(cum[hi] - targets), lo, hi)
-    b = np.concatenate(([0], np.maximum.accumulate(pick), [nrows])).astype(np.int64)
-    return b
-
-
-# --------------------------------------------------------------------------------------------
-# jitted bodies (compute only)
+# jitted bodies
 # --------------------------------------------------------------------------------------------
 @njit(cache=True, nogil=True)
-def _prepare_input(i, x, xbuf, prm, C, H, W):
+def _prepare_strided(i, x, xbuf, prm, C, H, W):
     """Copy channel ``i = n * C + c`` of ``x`` (flat NCHW) into its padded phase planes
-    (stride > 1; stride 1 is :func:`_prepare_slice`)."""
-    sh, sw, ph, pw = prm[_SH], prm[_SW], prm[_PH], prm[_PW]
-    hph, wph, plane, nphase = prm[_HPH], prm[_WPH], prm[_PLANE], prm[_NPHASE]
+    (stride > 1)."""
+    sh, sw, ph, pw = prm[SH], prm[SW], prm[PH], prm[PW]
+    hph, wph, plane, nphase = prm[HPH], prm[WPH], prm[PLANE], prm[NPHASE]
     src0 = i * H * W
     n = i // C
     c = i - n * C
-    dst0 = n * prm[_IMG] + c * nphase * plane
-    vfill(xbuf, dst0, nphase * plane, 0.0)
-    if sh == 2 and sw == 2:
-        # each input row goes to one phase-row pair; evens / odds split with AVX-512 shuffles
-        pe, po = pw & 1, (1 + pw) & 1
-        xe, xo = pw // 2, (1 + pw) // 2
-        ne, no = min((W + 1) // 2, wph - xe), min(W // 2, wph - xo)
-        for iy in range(H):
-            yy = (iy + ph) >> 1
-            if yy >= hph:
-                continue
-            py = (iy + ph) & 1
-            row = dst0 + yy * wph
-            deinterleave2(xbuf, row + (py * 2 + pe) * plane + xe, ne,
-                          row + (py * 2 + po) * plane + xo, no, x, src0 + iy * W, W)
-        return
+    dst0 = n * prm[IMG] + c * nphase * plane
+    fill_span(xbuf, dst0, nphase * plane, 0.0)
     for py in range(sh):
         for px in range(sw):
             d = dst0 + (py * sw + px) * plane
@@ -164,71 +93,78 @@ def _prepare_input(i, x, xbuf, prm, C, H, W):
 
 
 @njit(cache=True, nogil=True)
-def _compute_item(it, xbuf, prm, offs, vals, blkptr, bias, out, kb, tb, sc, masks, opos, relu):
+def _prepare_slice(n, sl, nsl, x, xbuf, prm, C, H, W):
+    """Prepare input channels ``[sl * C // nsl, (sl + 1) * C // nsl)`` of image ``n``.
+
+    Stride 1: per channel, the top padding and the first left padding are one zero fill, then
+    each input row is one copy followed by one fill of the right and next left padding, and the
+    last fill runs to the end of the plane: every float written once, no per-element work.
+    """
+    c0, c1 = sl * C // nsl, (sl + 1) * C // nsl
+    plane = prm[PLANE]
+    if c1 == C:  # the alignment gap at the end of the image
+        g0 = n * prm[IMG] + C * prm[NPHASE] * plane
+        fill_span(xbuf, g0, prm[IMG] - C * prm[NPHASE] * plane, 0.0)
+    if prm[SH] != 1 or prm[SW] != 1:
+        for c in range(c0, c1):
+            _prepare_strided(n * C + c, x, xbuf, prm, C, H, W)
+        return
+    ph, pw, wph = prm[PH], prm[PW], prm[WPH]
+    hw = H * W
+    for c in range(c0, c1):
+        src0 = (n * C + c) * hw
+        d0 = n * prm[IMG] + c * plane
+        fill_span(xbuf, d0, ph * wph + pw, 0.0)
+        r = d0 + ph * wph + pw
+        for y in range(H):
+            copy_span(xbuf, r, x, src0 + y * W, W)
+            if y < H - 1:
+                fill_span(xbuf, r + W, 2 * pw, 0.0)
+            r += wph
+        r -= wph - W
+        fill_span(xbuf, r, d0 + plane - r, 0.0)
+
+
+@njit(cache=True, nogil=True)
+def _compute_item(it, xbuf, prm, offs, vals, blkptr, bias, out, kb, tb, sc, segptr, segsrc,
+                  segdst, seglen, relu):
     """Work item ``it`` = (image, output-channel chunk, tile group)."""
-    nkc, ntg = prm[_NKC], prm[_NTG]
+    nkc, ntg = prm[NKC], prm[NTG]
     n = it // (nkc * ntg)
     rem = it - n * nkc * ntg
     kc = rem // ntg
     tg = rem - kc * ntg
     k0, k1 = kb[kc], kb[kc + 1]
-    nv, tl, nb = prm[_NV], prm[_TL], prm[_NB]
-    plane_out = prm[_OH] * prm[_OW]
-    obase = n * prm[_K] * plane_out
-    store = 6 if relu else 2
-    scb = it * prm[_SCI]
-    xb = n * prm[_IMG]
+    nv, tl, nb = prm[NV], prm[TL], prm[NB]
+    plane_out = prm[OH] * prm[OW]
+    obase = n * prm[K] * plane_out
+    scb = it * prm[SCI]
+    step = tl if nb > 1 else 0  # one scratch tile per channel only when blocking
+    xb = n * prm[IMG]
     nb1 = nb + 1
+    fl_relu = 4 if relu else 0
     for t in range(tb[tg], tb[tg + 1]):
         xt = xb + t * tl
-        mb = t * nv
-        # one call site of the (inlined) register-tile intrinsics keeps compile time down;
-        # with one block the scratch buffer is never touched
+        s0, s1 = segptr[t], segptr[t + 1]
+        # one call site of the (inlined) register-tile intrinsic keeps compile time down
         for blk in range(nb):
+            last = blk == nb - 1
             fl = 0 if blk == 0 else 1
-            if blk == nb - 1:
-                fl |= store
+            if last:
+                fl |= fl_relu
             for k in range(k0, k1):
+                sb = scb + (k - k0) * step
                 fma_tile(nv, xbuf, xt, offs, vals, blkptr[k * nb1 + blk],
-                         blkptr[k * nb1 + blk + 1], sc, scb + (k - k0) * tl, bias[k], out,
-                         obase + k * plane_out, masks, opos, mb, fl)
-
-
-@njit(cache=True, nogil=True)
-def _prepare_slice(n, sl, nsl, x, xbuf, prm, C, H, W, emask, epos):
-    """Prepare input channels ``[sl * C // nsl, (sl + 1) * C // nsl)`` of image ``n``.
-
-    Stride 1: one expand (``vexpandps``) + store per 16 floats of the padded plane
-    (``emask[v]``: which lanes of vector ``v`` are input pixels; ``epos[v]``: the index in the
-    channel of the first of them), so padding and copy are one pass with no per-row work.
-    """
-    c0, c1 = sl * C // nsl, (sl + 1) * C // nsl
-    plane = prm[_PLANE]
-    if c1 == C:  # the alignment gap at the end of the image
-        g0 = n * prm[_IMG] + C * prm[_NPHASE] * plane
-        vfill(xbuf, g0, prm[_IMG] - C * prm[_NPHASE] * plane, 0.0)
-    if prm[_SH] != 1 or prm[_SW] != 1:
-        for c in range(c0, c1):
-            _prepare_input(n * C + c, x, xbuf, prm, C, H, W)
-        return
-    nvp = emask.size
-    last = plane - (nvp - 1) * VEC
-    hw = H * W
-    for c in range(c0, c1):
-        src0 = (n * C + c) * hw
-        dst0 = n * prm[_IMG] + c * plane
-        if src0 + hw + VEC <= x.size:  # full 16-float loads may run into the next channel
-            for v in range(nvp - 1):
-                expand16_full(xbuf, dst0 + v * VEC, x, src0 + epos[v], emask[v])
-        else:
-            for v in range(nvp - 1):
-                expand16(xbuf, dst0 + v * VEC, VEC, x, src0 + epos[v], emask[v])
-        expand16(xbuf, dst0 + (nvp - 1) * VEC, last, x, src0 + epos[nvp - 1], emask[nvp - 1])
+                         blkptr[k * nb1 + blk + 1], sc, sb, bias[k], fl)
+                if last:
+                    ob = obase + k * plane_out
+                    for q in range(s0, s1):
+                        copy_span(out, ob + segdst[q], sc, sb + segsrc[q], seglen[q])
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def _run_parallel(x4, xbuf, prm, offs, vals, blkptr, bias, out4, kb, tb, sc, masks, opos, state,
-                  emask, epos, nitems, relu):
+def _run_parallel(x4, xbuf, prm, offs, vals, blkptr, bias, out4, kb, tb, sc, state, segptr,
+                  segsrc, segdst, seglen, nitems, relu):
     """Input preparation and compute in one parallel region (one fork/join per call).
 
     Items of the same image share its prepared input: it is cut into ``nsl`` channel slices,
@@ -240,16 +176,16 @@ def _run_parallel(x4, xbuf, prm, offs, vals, blkptr, bias, out4, kb, tb, sc, mas
     N, C, H, W = x4.shape
     x = x4.reshape(x4.size)
     out = out4.reshape(out4.size)
-    nsl = prm[_NSL]
-    m = prm[_NKC] * prm[_NTG]
+    nsl = prm[NSL]
+    m = prm[NKC] * prm[NTG]
     # zero the slack after the last image (read only by discarded junk columns)
-    vfill(xbuf, N * prm[_IMG], prm[_BUF] - N * prm[_IMG], 0.0)
+    fill_span(xbuf, N * prm[IMG], prm[BUF] - N * prm[IMG], 0.0)
     for i in range(N * nsl):  # (a plain loop: an array expression would be a parallel region)
         state[i] = 0
     for it in prange(nitems):
         n = it // m
         if m == 1:
-            _prepare_slice(n, 0, 1, x, xbuf, prm, C, H, W, emask, epos)
+            _prepare_slice(n, 0, 1, x, xbuf, prm, C, H, W)
         else:
             s0 = (it - n * m) * nsl // m
             for q in range(nsl):
@@ -257,235 +193,129 @@ def _run_parallel(x4, xbuf, prm, offs, vals, blkptr, bias, out4, kb, tb, sc, mas
                 if sl >= nsl:
                     sl -= nsl
                 if try_claim(state, n * nsl + sl):
-                    _prepare_slice(n, sl, nsl, x, xbuf, prm, C, H, W, emask, epos)
+                    _prepare_slice(n, sl, nsl, x, xbuf, prm, C, H, W)
                     publish(state, n * nsl + sl)
             for sl in range(nsl):
                 while not is_ready(state, n * nsl + sl):
                     pass
-        _compute_item(it, xbuf, prm, offs, vals, blkptr, bias, out, kb, tb, sc, masks, opos,
-                      relu)
+        _compute_item(it, xbuf, prm, offs, vals, blkptr, bias, out, kb, tb, sc, segptr, segsrc,
+                      segdst, seglen, relu)
 
 
 @njit(cache=True, nogil=True)
-def _run_serial(x4, xbuf, prm, offs, vals, blkptr, bias, out4, kb, tb, sc, masks, opos, state,
-                emask, epos, nitems, relu):
+def _run_serial(x4, xbuf, prm, offs, vals, blkptr, bias, out4, kb, tb, sc, state, segptr,
+                segsrc, segdst, seglen, nitems, relu):
     N, C, H, W = x4.shape
     x = x4.reshape(x4.size)
     out = out4.reshape(out4.size)
-    vfill(xbuf, N * prm[_IMG], prm[_BUF] - N * prm[_IMG], 0.0)
+    fill_span(xbuf, N * prm[IMG], prm[BUF] - N * prm[IMG], 0.0)
     for n in range(N):
-        _prepare_slice(n, 0, 1, x, xbuf, prm, C, H, W, emask, epos)
+        _prepare_slice(n, 0, 1, x, xbuf, prm, C, H, W)
     for it in range(nitems):
-        _compute_item(it, xbuf, prm, offs, vals, blkptr, bias, out, kb, tb, sc, masks, opos,
-                      relu)
+        _compute_item(it, xbuf, prm, offs, vals, blkptr, bias, out, kb, tb, sc, segptr, segsrc,
+                      segdst, seglen, relu)
 
 
 # --------------------------------------------------------------------------------------------
 # preparation (cached) and planning
 # --------------------------------------------------------------------------------------------
-_CACHE_LOCK = threading.Lock()
-_PREPARED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-_MAX_PER_WEIGHT = 16
-_TLS = threading.local()
+def _l1d_bytes() -> int:
+    try:
+        size = int(os.sysconf("SC_LEVEL1_DCACHE_SIZE"))
+    except (AttributeError, ValueError, OSError):
+        size = 0
+    return size if size > 0 else 32 * 1024
 
 
-def _choose_cblock(cg: int, nphase: int, plane: int, nnz: int, k: int) -> int:
-    """Input channels per cache block.
+#: Bytes of input per channel block: the L1 data cache of this machine (32 KiB if unknown).
+BLOCK_BYTES = _l1d_bytes()
+#: Fewest nonzeros per (output channel, block) for blocking to pay.
+MIN_BLOCK_NNZ = 16
 
-    Blocking pays when the input does not fit in L1 *and* each (row, block) still holds enough
-    nonzeros to amortise loading and storing its accumulators (measured on AlexNet conv4: 10 %
-    faster at 90-95 % sparsity with 64-channel blocks, 15 % slower at 99 %).
-    """
-    per_ch = nphase * plane * 4
-    cblock = int(max(1, L1_BLOCK_BYTES // per_ch))
+
+def _choose_cblock(cg, nphase, plane, nnz, k, out_hw=None, phase_hw=None):
+    """Input channels per cache block: as many as keep the input one register tile reads (its
+    lanes plus the taps' reach, per channel and phase) within :data:`BLOCK_BYTES`, when each
+    (output channel, block) keeps at least :data:`MIN_BLOCK_NNZ` nonzeros."""
+    window = plane
+    if out_hw is not None:
+        (oh, ow), (hph, wph) = out_hw, phase_hw
+        ntiles = -(-(oh * wph) // (VW * NV_MAX))
+        tl = VW * -(-(oh * wph) // (VW * ntiles))
+        window = min(plane, tl + (hph - oh) * wph + (wph - ow))
+    cblock = int(max(1, BLOCK_BYTES // (nphase * window * 4)))
     if cblock >= cg or nnz / max(k, 1) * cblock / cg < MIN_BLOCK_NNZ:
         return cg
     return cblock
 
 
-def prepare(weight, in_shape, stride, padding, dilation, groups, cblock=None) -> DirectConvCSR:
-    """The :class:`DirectConvCSR` of ``weight`` for this geometry, built once and cached.
-
-    The cache is keyed on the weight object (weakly: it dies with the weight) and the geometry;
-    a weight's arrays must not be modified in place after its first use.
-    """
-    key = (tuple(in_shape)[-3:], tuple(stride), tuple(padding), tuple(dilation), int(groups),
-           cblock)
-    with _CACHE_LOCK:
-        per = _PREPARED.get(weight)
-        if per is not None:
-            d = per.get(key)
-            if d is not None:
-                return d
-    c, h, w = key[0]
-    if cblock is None:
-        k, cg, r, s = weight.shape
-        sh, sw = stride
-        oh = (h + 2 * padding[0] - dilation[0] * (r - 1) - 1) // sh + 1
-        ow = (w + 2 * padding[1] - dilation[1] * (s - 1) - 1) // sw + 1
-        hph = oh + (r - 1) * dilation[0] // sh
-        wph = ow + (s - 1) * dilation[1] // sw
-        cblock = _choose_cblock(cg, sh * sw, hph * wph, int(weight.values.size), k)
-    d = DirectConvCSR.from_csr(weight, key[0], stride, padding, dilation, groups, cblock)
-    d._plans = {}
-    with _CACHE_LOCK:
-        per = _PREPARED.setdefault(weight, {})
-        if len(per) >= _MAX_PER_WEIGHT:
-            per.pop(next(iter(per)))
-        per[key] = d
-    return d
-
-
-class _Plan:
-    """Tiles, work items and buffers sizes for one (prepared weight, batch, threads)."""
-
-    __slots__ = ("prm", "kb", "tb", "nitems", "buf_len", "sc_len", "parallel", "nv", "ntiles",
-                 "masks", "opos", "nsl", "emask", "epos")
+class _Plan(TilePlan):
+    """:class:`TilePlan` at the target's vector width plus the store segments of each tile:
+    tile ``t``'s output row pieces are ``q in [segptr[t], segptr[t+1])``, copied from lane
+    ``segsrc[q]`` of the tile to ``segdst[q]`` of the ``(OH, OW)`` plane, ``seglen[q]`` floats
+    (adjacent rows merged when there are no junk columns)."""
 
     def __init__(self, d: DirectConvCSR, n: int, nthreads: int):
-        k = d.shape[0]
+        super().__init__(d, n, nthreads, VW, NV_MAX, SERIAL_WORK)
         oh, ow = d.out_hw
-        hph, wph = d.phase_hw
-        L = oh * wph
-        ntiles = -(-L // (VEC * NV_MAX))
-        nv = -(-L // (VEC * ntiles))
-        tl = VEC * nv
-        nnz = d.nnz
-        work = n * (nnz + k) * ntiles * nv + n * d.image_stride // VEC
-        parallel = nthreads > 1 and work >= SERIAL_WORK
-        t = nthreads if parallel else 1
-        if n >= t:
-            nkc, ntg = 1, 1
-        elif ntiles >= 2 * t:
-            nkc, ntg = 1, t
-        else:
-            nkc, ntg = t, 1
-        kb = partition_rows(d.rowptr, nkc, row_cost=max(1.0, d.nblocks))
-        tb = np.linspace(0, ntiles, ntg + 1).round().astype(np.int64)
-        chunk = int(np.diff(kb).max()) if k else 1
-        sci = tl if d.nblocks == 1 else tl * max(chunk, 1)
-        nitems = n * nkc * ntg
-        prm = np.zeros(_NPRM, dtype=np.int64)
-        prm[_SH], prm[_SW] = d.stride
-        prm[_PH], prm[_PW] = d.padding
-        prm[_HPH], prm[_WPH] = d.phase_hw
-        prm[_PLANE], prm[_NPHASE], prm[_IMG] = d.plane, d.nphase, d.image_stride
-        prm[_OH], prm[_OW], prm[_K] = oh, ow, k
-        prm[_NV], prm[_TL], prm[_NT], prm[_NB] = nv, tl, ntiles, d.nblocks
-        prm[_NKC], prm[_NTG], prm[_SCI], prm[_L] = nkc, ntg, sci, L
-        # input slices per image, claimed by the items sharing the image (see _run_parallel)
-        c = d.in_shape[0]
-        self.nsl = min(c, 2 * nkc * ntg) if nkc * ntg > 1 else 1
-        prm[_NSL] = self.nsl
-        self.prm, self.kb, self.tb, self.nitems = prm, kb, tb, nitems
-        # the last tile of the last image reads up to max_offset + ntiles * tl + 16 floats
-        # past its base (one aligned vector beyond the tile, see _simd.fma_tile)
-        self.buf_len = max(n * d.image_stride, (n - 1) * d.image_stride + d.max_offset
-                           + ntiles * tl) + 2 * VEC
-        prm[_BUF] = self.buf_len
-        self.sc_len = nitems * sci
-        self.parallel, self.nv, self.ntiles = parallel, nv, ntiles
-        # per 16-lane vector of the padded-width plane: which lanes are real outputs (bit mask)
-        # and where the first of them goes in the (OH, OW) output plane
-        lane = np.arange(ntiles * tl, dtype=np.int64)
-        valid = (lane < L) & (lane % wph < ow)
-        bits = (valid.reshape(-1, VEC).astype(np.int64) << np.arange(VEC)).sum(axis=1)
-        self.masks = bits.astype(np.int32)
-        before = np.concatenate(([0], np.cumsum(valid)))[::VEC][:-1]
-        self.opos = before.astype(np.int32)
-        # stride 1: per 16-lane vector of a padded input plane, which lanes hold input pixels
-        # and the index in the (H, W) channel of the first of them (see _prepare_slice)
-        if d.nphase == 1:
-            _, h, w = d.in_shape
-            ph, pw = d.padding
-            pos = np.arange(-(-d.plane // VEC) * VEC, dtype=np.int64)
-            row, col = pos // wph, pos % wph
-            inside = ((pos < d.plane) & (row >= ph) & (row < ph + h) & (col >= pw)
-                      & (col < pw + w))
-            ebits = (inside.reshape(-1, VEC).astype(np.int64) << np.arange(VEC)).sum(axis=1)
-            self.emask = ebits.astype(np.int32)
-            self.epos = np.concatenate(([0], np.cumsum(inside)))[::VEC][:-1].astype(np.int32)
-        else:
-            self.emask = self.epos = np.zeros(1, dtype=np.int32)
+        wph = d.phase_hw[1]
+        tl, ntiles = self.tl, self.ntiles
+        L_ = oh * wph
+        ptr, src, dst, ln = [0], [], [], []
+        for t in range(ntiles):
+            a0, a1 = t * tl, min((t + 1) * tl, L_)
+            for r in range(a0 // wph, (a1 - 1) // wph + 1):
+                lo, hi = max(a0, r * wph), min(a1, r * wph + ow)
+                if hi <= lo:
+                    continue
+                s, o = lo - a0, r * ow + lo - r * wph
+                if len(ln) > ptr[-1] and src[-1] + ln[-1] == s and dst[-1] + ln[-1] == o:
+                    ln[-1] += hi - lo  # contiguous with the previous piece (Wph == OW)
+                else:
+                    src.append(s)
+                    dst.append(o)
+                    ln.append(hi - lo)
+            ptr.append(len(ln))
+        self.segptr = np.array(ptr, dtype=np.int64)
+        self.segsrc = np.array(src + [0], dtype=np.int64)
+        self.segdst = np.array(dst + [0], dtype=np.int64)
+        self.seglen = np.array(ln + [0], dtype=np.int64)
+        # the last tile of the last image reads up to max_offset + ntiles * tl floats past the
+        # image's base
+        self.set_buf_len(max(n * d.image_stride, (n - 1) * d.image_stride + d.max_offset
+                             + ntiles * tl) + VW)
 
 
-def plan(d: DirectConvCSR, n: int, nthreads: int | None = None) -> _Plan:
-    """The (cached) execution plan of prepared weight ``d`` at batch ``n`` and ``nthreads``."""
-    t = numba.get_num_threads() if nthreads is None else int(nthreads)
-    key = (n, t)
-    p = d._plans.get(key)
-    if p is None:
-        p = _Plan(d, n, t)
-        d._plans[key] = p
-    return p
+def layout(weight, problem, cblock=None) -> DirectConvCSR:
+    """The :class:`DirectConvCSR` of a CSR-like ``weight`` for ``problem``'s input geometry
+    (input channels blocked by :func:`_choose_cblock` unless ``cblock`` is given)."""
+    return _layout(weight, problem, cblock, _choose_cblock)
 
 
-def _workspace(name: str, size: int) -> np.ndarray:
-    """A reusable per-thread float32 buffer of at least ``size`` elements, 64-byte aligned."""
-    ws = getattr(_TLS, "ws", None)
-    if ws is None:
-        ws = _TLS.ws = {}
-    a = ws.get(name)
-    if a is None or a.size < size:
-        raw = np.empty(max(size, 1) + VEC, dtype=np.float32)
-        start = (-(raw.ctypes.data // 4)) % VEC
-        a = raw[start:start + max(size, 1)]
-        ws[name] = a
-    return a
-
-
-def _state(size: int) -> np.ndarray:
-    """A reusable per-thread int32 array of ``size`` slice states (zeroed by the kernel)."""
-    st = getattr(_TLS, "state", None)
-    if st is None or st.size < size:
-        st = _TLS.state = np.zeros(max(size, 1), dtype=np.int32)
-    return st[:size] if st.size != size else st
-
-
-# per weight object: (input shape, geometry, threads) -> (prepared weight, plan, jitted entry,
-# output shape), so a repeated call pays one dictionary lookup
-_CALLS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-
-
-def _call_entry(weight, key):
-    shape, stride, padding, dilation, groups, nt = key
-    n, c, h, w = shape
-    d = prepare(weight, (c, h, w), stride, padding, dilation, groups)
-    p = plan(d, n, nt)
-    e = (d, p, _run_parallel if p.parallel else _run_serial, (n, d.shape[0]) + tuple(d.out_hw))
-    with _CACHE_LOCK:
-        per = _CALLS.setdefault(weight, {})
-        if len(per) >= _MAX_PER_WEIGHT:
-            per.pop(next(iter(per)))
-        per[key] = e
-    return e
-
-
-def _bias_array(bias, k: int, d: DirectConvCSR) -> np.ndarray:
-    if bias is None:
-        z = getattr(d, "_zero_bias", None)
-        if z is None:
-            z = d._zero_bias = np.zeros(k, dtype=np.float32)
-        return z
-    return (bias.detach() if bias.requires_grad else bias).numpy()
+def prepare_direct(weight, problem, cblock=None, nthreads=None) -> DirectOperand:
+    """The ``prepare`` step of ``direct``: offsets (:func:`layout`) and a plan for
+    ``problem.N`` images on ``nthreads`` (default: the current Numba thread count)."""
+    d = layout(weight, problem, cblock)
+    p = _Plan(d, problem.N, numba.get_num_threads() if nthreads is None else int(nthreads))
+    return DirectOperand(d, p, _run_parallel if p.parallel else _run_serial,
+                         (p.segptr, p.segsrc, p.segdst, p.seglen), problem.out_shape)
 
 
 # --------------------------------------------------------------------------------------------
 # kernel entry point
 # --------------------------------------------------------------------------------------------
-def conv2d_direct(x, weight, bias, stride, padding, dilation, groups, relu):
+def conv2d_direct(prep, x, bias):
     """Direct sparse convolution of ``x`` with a CSR weight (registered as kernel ``"direct"``).
 
     Parameters
     ----------
+    prep : Prepared
+        ``prep.operand`` the :class:`DirectOperand` built by :func:`prepare_direct` for
+        ``prep.problem`` (a :class:`~sparsecnn.problem.ConvProblem`: geometry, batch, fused
+        ReLU) from a CSR-like weight ``(K, C/groups, R, S)`` (explicit zeros of a padded CSR
+        included).
     x : torch.Tensor (N, C, H, W) float32, contiguous, CPU
-    weight : CSRWeight (or a subclass / padded CSR with ``rowptr``, ``colidx``, ``values``)
-        ``(K, C/groups, R, S)``.
     bias : torch.Tensor (K,) float32 or None
-    stride, padding, dilation : pair of int
-    groups : int
-    relu : bool
-        Fuse a ReLU into the output store.
 
     Returns
     -------
@@ -493,29 +323,17 @@ def conv2d_direct(x, weight, bias, stride, padding, dilation, groups, relu):
 
     Notes
     -----
-    Arguments are validated by :func:`sparsecnn.conv2d`; this function trusts them. The first
-    call per (weight, input geometry) rewrites the weight (:func:`prepare`); later calls reuse it.
+    Arguments are validated by :func:`sparsecnn.conv2d`; this function trusts them. The per-call
+    buffers (padded input, scratch, slice states) are reused per Python thread.
     """
-    nt = numba.get_num_threads()
-    key = (x.shape, stride, padding, dilation, groups, nt)
-    per = _CALLS.get(weight)
-    e = None if per is None else per.get(key)
-    if e is None:
-        e = _call_entry(weight, key)
-    d, p, run, oshape = e
-    ws = getattr(_TLS, "call", None)
-    if ws is None or ws[0] is not p:
-        ws = _TLS.call = (p, _workspace("x", p.buf_len), _workspace("sc", p.sc_len),
-                          _state(oshape[0] * p.nsl))
-    out = np.empty(oshape, dtype=np.float32)
-    run((x.detach() if x.requires_grad else x).numpy(), ws[1], p.prm, d.offsets, d.values,
-        d.blkptr, _bias_array(bias, oshape[1], d), out, p.kb, p.tb, ws[2], p.masks, p.opos,
-        ws[3], p.emask, p.epos, p.nitems, bool(relu))
-    return torch.from_numpy(out)
+    return prep.operand.run(x, bias, prep.problem.relu)
 
 
 register(Kernel(
-    "direct", "conv2d", conv2d_direct, formats=("csr", "unified_csr"), requires=("avx512f",),
-    description="direct sparse convolution (Park et al. 2017): CSR offsets into the padded / "
-                "phase-split input, AVX-512 register-blocked FMAs, threads balanced by nnz",
+    "direct", "conv2d", conv2d_direct, formats=("csr",), prepare=prepare_direct,
+    sources=("sparsecnn.kernels.cpu._vec", "sparsecnn.kernels.cpu._direct_common",
+             "sparsecnn.kernels.cpu.direct_csr", "sparsecnn.kernels.capabilities"),
+    description="direct sparse convolution (Park et al. 2017), portable: CSR offsets into the "
+                "padded / phase-split input, register-tiled generic vector code at the "
+                "target's width, threads balanced by nnz",
 ))

@@ -23,7 +23,7 @@ import torch
 from numba import njit, prange
 
 from ..registry import Kernel, register
-from ._common import as_array, bias_array, csr_arrays
+from ._common import as_array, bias_or_zero, prepare_compressed
 
 #: Output columns per SpMM tile (8 KiB of float32 accumulators: stays in L1).
 TILE = 2048
@@ -130,18 +130,17 @@ def im2col(x, r_size, s_size, sh, sw, ph, pw, dh, dw, oh_size, ow_size, used, co
                     dst[ow] = 0.0
 
 
-def conv2d_im2col_spmm(x, weight, bias, stride, padding, dilation, groups, relu):
+def conv2d_im2col_spmm(prep, x, bias):
     """Sparse 2-D convolution by im2col + CSR SpMM (registered as ``"im2col_spmm"``).
 
     Parameters
     ----------
+    prep : Prepared
+        ``prep.operand`` the :class:`~._common.CompressedOperand` of a CSR-like weight
+        ``(K, C/groups, R, S)``; ``prep.problem`` the :class:`~sparsecnn.problem.ConvProblem`
+        (geometry, fused ReLU).
     x : torch.Tensor (N, C, H, W) float32, contiguous
-    weight : CSRWeight (or a CSR-like format) of shape (K, C/groups, R, S)
     bias : torch.Tensor (K,) float32 or None
-    stride, padding, dilation : pair of int
-    groups : int
-    relu : bool
-        Fuse a ReLU into the SpMM epilogue.
 
     Returns
     -------
@@ -153,14 +152,16 @@ def conv2d_im2col_spmm(x, weight, bias, stride, padding, dilation, groups, relu)
     ``n`` images so that it stays under :data:`MAX_COLS_BYTES`. A 1x1, stride-1, unpadded
     convolution at batch 1 skips im2col (the input already is the column matrix).
     """
+    p = prep.problem
     n_size, c_size, h, w = x.shape
-    k_size, cg, r_size, s_size = weight.shape
-    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
-    oh = (h + 2 * ph - dh * (r_size - 1) - 1) // sh + 1
-    ow = (w + 2 * pw - dw * (s_size - 1) - 1) // sw + 1
+    k_size, cg, r_size, s_size = p.w_shape
+    stride, padding = p.stride, p.padding
+    (sh, sw), (ph, pw), (dh, dw) = stride, padding, p.dilation
+    groups, relu = p.groups, p.relu
+    oh, ow = p.OH, p.OW
     plane = oh * ow
-    rowptr, colidx, values = csr_arrays(weight)
-    b = bias_array(bias, k_size)
+    rowptr, colidx, values, _ = prep.operand
+    b = bias_or_zero(bias, prep.operand)
     kg = k_size // groups
     ncols = cg * r_size * s_size
     xa = as_array(x)
@@ -194,6 +195,6 @@ def conv2d_im2col_spmm(x, weight, bias, stride, padding, dilation, groups, relu)
 
 
 register(Kernel(
-    "im2col_spmm", "conv2d", conv2d_im2col_spmm, formats=("csr", "unified_csr"),
+    "im2col_spmm", "conv2d", conv2d_im2col_spmm, formats=("csr",), prepare=prepare_compressed,
     description="im2col + CSR SpMM (Numba, threads over output channels): the CSRMM baseline",
 ))

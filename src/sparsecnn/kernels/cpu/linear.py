@@ -19,7 +19,7 @@ import torch
 from numba import njit, prange
 
 from ..registry import Kernel, register
-from ._common import as_array, bias_array, csr_arrays
+from ._common import as_array, bias_or_zero, prepare_compressed
 from .im2col_spmm import csr_spmm
 
 
@@ -60,28 +60,29 @@ def csr_spmv(rowptr, colidx, values, x, bias, relu, out):
             out[b, o] = acc
 
 
-def linear_spmv(x, weight, bias, relu):
+def linear_spmv(prep, x, bias):
     """Sparse linear layer by CSR SpMV (registered as ``"spmv"``; any batch, best at batch 1).
 
     Parameters
     ----------
+    prep : Prepared
+        ``prep.operand`` the :class:`~._common.CompressedOperand` of a CSR-like weight
+        ``(out_features, in_features)``; ``prep.problem.relu`` fuses a ReLU.
     x : torch.Tensor (B, in_features) float32, contiguous
-    weight : CSRWeight (or CSR-like) of shape (out_features, in_features)
     bias : torch.Tensor (out_features,) float32 or None
-    relu : bool
 
     Returns
     -------
     torch.Tensor (B, out_features) float32
     """
-    rowptr, colidx, values = csr_arrays(weight)
-    out_f = weight.shape[0]
-    out = torch.empty((x.shape[0], out_f), dtype=torch.float32)
-    csr_spmv(rowptr, colidx, values, as_array(x), bias_array(bias, out_f), relu, out.numpy())
+    rowptr, colidx, values, _ = prep.operand
+    out = torch.empty((x.shape[0], prep.problem.out_features), dtype=torch.float32)
+    csr_spmv(rowptr, colidx, values, as_array(x), bias_or_zero(bias, prep.operand),
+             prep.problem.relu, out.numpy())
     return out
 
 
-def linear_spmm(x, weight, bias, relu):
+def linear_spmm(prep, x, bias):
     """Sparse linear layer by CSR SpMM on the transposed input (registered as ``"spmm"``).
 
     Computes ``Y^T = W X^T``: ``X^T`` (in, B) is made contiguous so that the inner loop of each
@@ -89,24 +90,25 @@ def linear_spmm(x, weight, bias, relu):
 
     Parameters
     ----------
+    prep : Prepared
+        As :func:`linear_spmv`.
     x : torch.Tensor (B, in_features) float32, contiguous
-    weight : CSRWeight (or CSR-like) of shape (out_features, in_features)
     bias : torch.Tensor (out_features,) float32 or None
-    relu : bool
 
     Returns
     -------
     torch.Tensor (B, out_features) float32
     """
-    rowptr, colidx, values = csr_arrays(weight)
-    out_f, in_f = weight.shape
+    rowptr, colidx, values, _ = prep.operand
+    out_f = prep.problem.out_features
     xt = as_array(x.t().contiguous())  # torch's blocked, threaded transpose (3x NumPy's here)
     yt = torch.empty((out_f, x.shape[0]), dtype=torch.float32)
-    csr_spmm(rowptr, colidx, values, xt, bias_array(bias, out_f), relu, out_f, 0, yt.numpy())
+    csr_spmm(rowptr, colidx, values, xt, bias_or_zero(bias, prep.operand), prep.problem.relu,
+             out_f, 0, yt.numpy())
     return yt.t().contiguous()
 
 
-register(Kernel("spmv", "linear", linear_spmv, formats=("csr", "unified_csr"),
+register(Kernel("spmv", "linear", linear_spmv, formats=("csr",), prepare=prepare_compressed,
                 description="CSR SpMV, threads over output rows (Numba); batch rows in turn"))
-register(Kernel("spmm", "linear", linear_spmm, formats=("csr", "unified_csr"),
+register(Kernel("spmm", "linear", linear_spmm, formats=("csr",), prepare=prepare_compressed,
                 description="CSR SpMM on X^T, inner loop over the batch (Numba)"))

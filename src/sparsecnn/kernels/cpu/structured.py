@@ -13,12 +13,14 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import torch
 from numba import njit, prange
 
 from ..registry import Kernel, register
-from ._common import as_array, bias_array
+from ._common import as_array, bias_or_zero, prepare_compressed
 from .im2col_spmm import TILE, im2col
 
 
@@ -69,32 +71,30 @@ def bsr_spmm(rowptr, colidx, values, src, bias, relu, rows_per_group, cols_per_g
                             dst[q] = 0.0
 
 
-def conv2d_im2col_bsr(x, weight, bias, stride, padding, dilation, groups, relu):
+def conv2d_im2col_bsr(prep, x, bias):
     """Sparse 2-D convolution by im2col + BSR SpMM (registered as ``"im2col_bsr"``).
 
     Parameters
     ----------
+    prep : Prepared
+        ``prep.operand`` the :class:`~._common.CompressedOperand` of a BSR weight
+        ``(K, C/groups, R, S)`` (any ``block_shape``); ``prep.problem`` its ConvProblem.
     x : torch.Tensor (N, C, H, W) float32, contiguous
-    weight : BSRWeight of shape (K, C/groups, R, S), any ``block_shape``
     bias : torch.Tensor (K,) float32 or None
-    stride, padding, dilation : pair of int
-    groups : int
-    relu : bool
 
     Returns
     -------
     torch.Tensor (N, K, OH, OW) float32
     """
+    p = prep.problem
     n_size, c_size, h, w = x.shape
-    k_size, cg, r_size, s_size = weight.shape
-    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
-    oh = (h + 2 * ph - dh * (r_size - 1) - 1) // sh + 1
-    ow = (w + 2 * pw - dw * (s_size - 1) - 1) // sw + 1
+    k_size, cg, r_size, s_size = p.w_shape
+    (sh, sw), (ph, pw), (dh, dw) = p.stride, p.padding, p.dilation
+    groups, relu = p.groups, p.relu
+    oh, ow = p.OH, p.OW
     plane = oh * ow
-    rowptr = np.ascontiguousarray(weight.rowptr, dtype=np.int32)
-    colidx = np.ascontiguousarray(weight.colidx, dtype=np.int32)
-    values = np.ascontiguousarray(weight.values, dtype=np.float32)
-    b = bias_array(bias, k_size)
+    rowptr, colidx, values, _ = prep.operand
+    b = bias_or_zero(bias, prep.operand)
     kg = k_size // groups
     ncols = cg * r_size * s_size
     xa = as_array(x)
@@ -162,35 +162,54 @@ def nm_spmm_t(values, indices, n, m, ncols, xt, bias, relu, yt):
                         dst[i] = 0.0
 
 
-def linear_nm(x, weight, bias, relu):
+class NMOperand(NamedTuple):
+    """Kernel-ready arrays of an N:M weight (the prepared operand of ``"nm"``)."""
+
+    values: np.ndarray      # (out, ngroups * n) float32
+    indices: np.ndarray     # (out, ngroups * n) uint8
+    n: int
+    m: int
+    zero_bias: np.ndarray   # (out,) float32
+
+
+def prepare_nm(weight, problem) -> NMOperand:
+    """The ``prepare`` step of ``"nm"``: float32 values, uint8 metadata, a zero bias."""
+    return NMOperand(np.ascontiguousarray(weight.values, dtype=np.float32),
+                     np.ascontiguousarray(weight.indices, dtype=np.uint8), weight.n, weight.m,
+                     np.zeros(weight.shape[0], dtype=np.float32))
+
+
+def linear_nm(prep, x, bias):
     """Sparse linear layer with an N:M weight (registered as ``"nm"``).
 
     Parameters
     ----------
+    prep : Prepared
+        ``prep.operand`` the :class:`NMOperand` of an NMWeight ``(out_features, in_features)``;
+        ``prep.problem.relu`` fuses a ReLU.
     x : torch.Tensor (B, in_features) float32, contiguous
-    weight : NMWeight of shape (out_features, in_features)
     bias : torch.Tensor (out_features,) float32 or None
-    relu : bool
 
     Returns
     -------
     torch.Tensor (B, out_features) float32
     """
-    out_f, in_f = weight.shape
-    values = np.ascontiguousarray(weight.values, dtype=np.float32)
-    indices = np.ascontiguousarray(weight.indices, dtype=np.uint8)
-    b = bias_array(bias, out_f)
+    p = prep.problem
+    out_f, in_f, relu = p.out_features, p.in_features, p.relu
+    values, indices, n, m, _ = prep.operand
+    b = bias_or_zero(bias, prep.operand)
     if x.shape[0] == 1:
         out = torch.empty((1, out_f), dtype=torch.float32)
-        nm_spmv(values, indices, weight.n, weight.m, in_f, as_array(x), b, relu, out.numpy())
+        nm_spmv(values, indices, n, m, in_f, as_array(x), b, relu, out.numpy())
         return out
     xt = as_array(x.t().contiguous())
     yt = torch.empty((out_f, x.shape[0]), dtype=torch.float32)
-    nm_spmm_t(values, indices, weight.n, weight.m, in_f, xt, b, relu, yt.numpy())
+    nm_spmm_t(values, indices, n, m, in_f, xt, b, relu, yt.numpy())
     return yt.t().contiguous()
 
 
 register(Kernel("im2col_bsr", "conv2d", conv2d_im2col_bsr, formats=("bsr",),
+                prepare=prepare_compressed,
                 description="im2col + BSR SpMM (Numba, threads over block rows)"))
-register(Kernel("nm", "linear", linear_nm, formats=("nm",),
+register(Kernel("nm", "linear", linear_nm, formats=("nm",), prepare=prepare_nm,
                 description="N:M structured linear (Numba): dot per row at batch 1, X^T SpMM above"))

@@ -17,21 +17,23 @@ laid out ``[n][c][phase][Hph][Wph]`` (``c`` the global input channel, so grouped
 convolutions need nothing special: output channel ``k`` of group ``g`` reads channels
 ``g * C/groups + c``).
 
-This module holds data only; the kernel is :mod:`sparsecnn.kernels.cpu.direct`.
+This is the ``direct`` kernel's prepared operand (a plan for one input geometry), not a weight
+format: it lives beside the kernel (:mod:`sparsecnn.kernels.cpu.direct`), which builds it in its
+``prepare`` step.
 """
 
 from __future__ import annotations
 
-import numpy as np
+import math
 
-from .base import SparseWeight
+import numpy as np
 
 
 def _out_size(size: int, k: int, s: int, p: int, d: int) -> int:
     return (size + 2 * p - d * (k - 1) - 1) // s + 1
 
 
-class DirectConvCSR(SparseWeight):
+class DirectConvCSR:
     """A CSR convolution weight with column indices rewritten into input offsets.
 
     Built with :meth:`from_csr` from a :class:`~sparsecnn.formats.CSRWeight` (or any weight with
@@ -83,8 +85,6 @@ class DirectConvCSR(SparseWeight):
     Chen, X. (2018). Escoin: Efficient sparse convolutional neural network inference on GPUs.
     arXiv:1802.10280.
     """
-
-    format_name = "direct_csr"
 
     def __init__(self, rowptr, colidx, offsets, values, blkptr, shape, in_shape, stride,
                  padding, dilation, groups, cblock):
@@ -195,7 +195,16 @@ class DirectConvCSR(SparseWeight):
 
     @property
     def nnz(self) -> int:
+        """Stored entries (explicit zeros of a padded CSR included: the kernel multiplies them)."""
         return int(self.values.size)
+
+    @property
+    def nrows(self) -> int:
+        return self.shape[0]
+
+    @property
+    def ncols(self) -> int:
+        return math.prod(self.shape[1:])
 
     def arrays(self) -> dict[str, np.ndarray]:
         return {"rowptr": self.rowptr, "colidx": self.colidx, "offsets": self.offsets,
@@ -210,7 +219,7 @@ class DirectConvCSR(SparseWeight):
     @classmethod
     def from_dense(cls, weight, **options) -> "DirectConvCSR":
         """Build from a dense 4-D weight: ``options`` are those of :meth:`from_csr`."""
-        from .csr import CSRWeight
+        from ...formats import CSRWeight
 
         return cls.from_csr(CSRWeight.from_dense(weight), **options)
 
