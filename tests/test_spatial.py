@@ -3,6 +3,8 @@ against dense torch conv2d / conv3d / conv_transpose3d / max_pool3d at the activ
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import pytest
 import torch
@@ -10,11 +12,15 @@ import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from sparsecnn import dispatch
 from sparsecnn import spatial as sp
+from sparsecnn.kernels import registry
+from sparsecnn.problem import problem_for
 from sparsecnn.spatial import meshes
 from sparsecnn.spatial.hashing import build_table, lookup, unique_sorted
 
 ATOL = 1e-4
+heuristic = importlib.import_module("sparsecnn.dispatch.heuristic")  # the module, not the function
 
 
 def random_sparse(batch, channels, shape, density, seed=0):
@@ -159,8 +165,57 @@ def test_subm_gemm_handles_channels_not_multiple_of_8():
     x, mask = random_sparse(1, 3, (6, 6, 6), 0.3)
     s = sp.SparseTensor.from_dense(x, mask)
     w = torch.randn(5, 3, 3, 3, 3)
-    assert sp.choose_algorithm(sp.ConvProblem(1, 1, 3, 5, 27, 1, "subm", 1)) == "gemm"
+    p = sp.SparseConvProblem("subm", 3, (3, 3, 3), 1, 1, 3, 5)
+    assert dispatch.choose(p) == "gemm"
     close(sp.sparse_conv(s, w).features, active(F.conv3d(x, w, padding=1), mask))
+
+
+def test_problem_is_a_registered_op_with_registry_kernels():
+    assert problem_for("sparse_conv") is sp.SparseConvProblem
+    p = sp.SparseConvProblem("subm", 3, (3, 3, 3), 100, 100, 16, 16, batch_size=2)
+    assert p.volume == 27 and p.batch == 2 and hash(p) == hash(p.replace())
+    assert p.key().startswith("sparse_conv|kind=subm,ndim=3,kernel_size=3x3x3,n_in=100")
+    assert p.dense_flops == 2 * 100 * 27 * 16 * 16 and p.pair_flops(10) == 2 * 10 * 16 * 16
+    assert set(sp.ALGORITHMS) == {"fused", "gemm"} == set(registry.names("sparse_conv"))
+    assert [k.name for k in registry.candidates(p)] == ["fused", "gemm"]
+    assert dispatch.choose(p) == "fused"
+    odd = p.replace(c_out=12)
+    assert [k.name for k in registry.candidates(odd)] == ["gemm"]
+    assert "does not support" in registry.get("sparse_conv", "fused").why_not(odd)
+    with pytest.raises(TypeError, match="float32"):
+        registry.resolve(p.replace(dtype="float64"), "gemm")
+    with pytest.raises(ValueError, match="runs on"):
+        registry.resolve(p.replace(device="cuda"), "fused")
+    with pytest.raises(ValueError, match="no sparse_conv kernel"):
+        dispatch.heuristic(p.replace(device="cuda"))
+
+
+def test_sparse_conv_dispatches_through_the_registry(monkeypatch):
+    x, mask = random_sparse(1, 4, (5, 6, 7), 0.3)
+    s = sp.SparseTensor.from_dense(x, mask)
+    w = torch.randn(8, 4, 3, 3, 3)
+    seen = []
+    real = registry.get("sparse_conv", "gemm")
+
+    def spy(prepared, feats, bias, rulebook):
+        seen.append((prepared.problem, tuple(prepared.operand.shape), rulebook.n_out))
+        return real.run(prepared, feats, bias, rulebook)
+
+    fake = registry.Kernel(name="spy", op="sparse_conv", run=spy, formats=("dense",))
+    registry.register(fake)
+    monkeypatch.setitem(heuristic.PREFERENCE, "sparse_conv", ("spy", "fused", "gemm"))
+    try:
+        y = sp.sparse_conv(s, w)
+        ((p, shape, n_out),) = seen
+        assert p == sp.problem_of(s.features, torch.zeros(27, 4, 8), sp.get_rulebook(
+            s, sp.make_geometry("subm", 3, 3))[0])
+        assert (p.n_in, p.c_in, p.c_out, shape, n_out) == (s.n, 4, 8, (27, 4, 8), s.n)
+        close(y.features, active(F.conv3d(x, w, padding=1), mask))
+        with pytest.raises(ValueError, match="algo 'fused' cannot run.*multiple of 8"):
+            sp.sparse_conv(s, torch.randn(6, 4, 3, 3, 3), algo="fused")
+    finally:
+        registry.unregister("sparse_conv", "spy")
+    assert dispatch.choose(p) == "fused"
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])

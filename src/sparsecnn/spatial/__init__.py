@@ -3,7 +3,9 @@
 The ``H_in`` / ``H_out`` hash tables, the rulebook grouped by kernel offset and the
 gather-GEMM-scatter of Graham & van der Maaten 2017 ("Submanifold Sparse Convolutional
 Networks"), as spconv and MinkowskiEngine run them, with a register-blocked fused kernel on the
-CPU. See docs/spatial.md.
+CPU. The op is ``"sparse_conv"`` (:class:`SparseConvProblem`); its kernels ``"fused"`` and
+``"gemm"`` live in the kernel registry and :func:`sparsecnn.dispatch.choose` picks one. See
+docs/spatial.md.
 
 >>> import torch
 >>> from sparsecnn import spatial
@@ -13,8 +15,10 @@ CPU. See docs/spatial.md.
 torch.Size([2, 8])
 """
 
-from .functional import get_rulebook, make_geometry, sparse_conv, sparse_max_pool
-from .kernels import ALGORITHMS, ConvProblem, choose_algorithm
+from .functional import (get_rulebook, kernel_for, make_geometry, problem_of, sparse_conv,
+                         sparse_max_pool)
+from .kernels import ALGORITHMS
+from .problem import SparseConvProblem
 from .nn import (SparseBatchNorm, SparseConv2d, SparseConv3d, SparseInverseConv2d,
                  SparseInverseConv3d, SparseMaxPool2d, SparseMaxPool3d, SparseReLU,
                  SparseSequential, SubMConv2d, SubMConv3d)
@@ -22,9 +26,9 @@ from .rulebook import Geometry, RuleBook
 from .tensor import CoordSet, SparseTensor
 
 __all__ = [
-    "ALGORITHMS", "ConvProblem", "CoordSet", "Geometry", "RuleBook", "SparseBatchNorm",
+    "ALGORITHMS", "CoordSet", "Geometry", "RuleBook", "SparseBatchNorm",
     "SparseConv2d", "SparseConv3d", "SparseInverseConv2d", "SparseInverseConv3d",
     "SparseMaxPool2d", "SparseMaxPool3d", "SparseReLU", "SparseSequential", "SparseTensor",
-    "SubMConv2d", "SubMConv3d", "choose_algorithm", "get_rulebook", "make_geometry",
-    "sparse_conv", "sparse_max_pool",
+    "SparseConvProblem", "SubMConv2d", "SubMConv3d", "get_rulebook", "kernel_for",
+    "make_geometry", "problem_of", "sparse_conv", "sparse_max_pool",
 ]

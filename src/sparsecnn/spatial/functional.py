@@ -18,11 +18,14 @@ from __future__ import annotations
 
 from numbers import Integral
 
-import numba
 import numpy as np
 import torch
 
+from .. import dispatch
+from ..kernels import prepared as _prepared
+from ..kernels import registry
 from . import kernels as K
+from .problem import SparseConvProblem
 from .rulebook import Geometry, RuleBook, build_conv, build_subm
 from .tensor import CoordSet, SparseTensor
 
@@ -123,20 +126,55 @@ def _weight_kio(weight: torch.Tensor, ndim: int) -> torch.Tensor:
     return weight.permute(perm).reshape(-1, cin, cout).contiguous()
 
 
-def _run(x: torch.Tensor, w_kio: torch.Tensor, bias, rb: RuleBook, algo: str) -> torch.Tensor:
-    if algo == "fused":
-        return K.conv_fused(x, w_kio, bias, rb.nbr)
-    starts, ii, oo = rb.pairs()
-    return K.conv_gemm(x, w_kio, bias, (starts, ii, oo, rb.n_out))
+def _run(x: torch.Tensor, w_kio: torch.Tensor, bias, rb: RuleBook, kernel: registry.Kernel,
+         problem: SparseConvProblem) -> torch.Tensor:
+    """``kernel.run`` on the (uncached: a tensor) prepared weight (K, C_in, C_out)."""
+    return kernel.run(_prepared.prepare(kernel, w_kio, problem), x, bias, rb)
+
+
+def problem_of(x: torch.Tensor, w_kio: torch.Tensor, rb: RuleBook) -> SparseConvProblem:
+    """The :class:`SparseConvProblem` of features ``x`` (P_in, C_in), weight ``w_kio``
+    (K, C_in, C_out) and rulebook ``rb``."""
+    g = rb.geometry
+    cs = rb.coords_in
+    return SparseConvProblem(kind=g.kind, ndim=len(g.kernel_size),
+                             kernel_size=tuple(g.kernel_size), n_in=rb.n_in, n_out=rb.n_out,
+                             c_in=int(w_kio.shape[1]), c_out=int(w_kio.shape[2]),
+                             batch_size=int(getattr(cs, "batch_size", 1) or 1),
+                             dtype=str(x.dtype).removeprefix("torch."), device=x.device.type)
+
+
+def kernel_for(problem: SparseConvProblem, algo: str | None = None) -> registry.Kernel:
+    """The registered kernel for ``problem``: ``algo`` checked by the registry, or the
+    dispatcher's choice (:func:`sparsecnn.dispatch.choose`) when None.
+
+    Raises
+    ------
+    ValueError
+        ``algo`` is not a registered sparse-convolution kernel, or cannot run ``problem``
+        (the message says why, e.g. ``C_out`` not a multiple of 8 for ``"fused"``).
+    TypeError
+        The features' dtype is not one the kernel takes.
+    """
+    if algo is None:
+        return registry.get(problem.op, dispatch.choose(problem))
+    if algo not in registry.names(problem.op):
+        raise ValueError(f"algo must be one of {registry.names(problem.op)} or None, got {algo!r}")
+    try:
+        return registry.resolve(problem, algo)
+    except ValueError as exc:
+        kernel = registry.get(problem.op, algo)
+        raise ValueError(f"algo {algo!r} cannot run this convolution (C_in = {problem.c_in}, "
+                         f"C_out = {problem.c_out}): {exc}; {algo}: {kernel.description}") from None
 
 
 class _SparseConvFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, w_kio, bias, rb, algo):
+    def forward(ctx, x, w_kio, bias, rb, kernel, problem):
         ctx.save_for_backward(x, w_kio)
-        ctx.rb, ctx.algo, ctx.has_bias = rb, algo, bias is not None
+        ctx.rb, ctx.kernel, ctx.has_bias = rb, kernel, bias is not None
         with torch.no_grad():
-            return _run(x.contiguous(), w_kio, bias, rb, algo)
+            return _run(x.contiguous(), w_kio, bias, rb, kernel, problem)
 
     @staticmethod
     def backward(ctx, gy):
@@ -148,8 +186,10 @@ class _SparseConvFn(torch.autograd.Function):
             # dX[i] = sum_k W_k dY[j] over the transposed rulebook (gather-GEMM-scatter is its
             # own transpose)
             wt = w_kio.transpose(1, 2).contiguous()
-            algo = ctx.algo if K.supported(ctx.algo, _problem(gy, wt, rb.transposed())) else "gemm"
-            gx = _run(gy, wt, None, rb.transposed(), algo)
+            rbt = rb.transposed()
+            p = problem_of(gy, wt, rbt)
+            kernel = ctx.kernel if ctx.kernel.why_not(p) is None else kernel_for(p)
+            gx = _run(gy, wt, None, rbt, kernel, p)
         if ctx.needs_input_grad[1]:
             starts, ii, oo = rb.pairs()
             ti, to = torch.from_numpy(ii), torch.from_numpy(oo)
@@ -160,13 +200,7 @@ class _SparseConvFn(torch.autograd.Function):
                     gw[k] = x.index_select(0, ti[s:e]).T @ gy.index_select(0, to[s:e])
         if ctx.has_bias and ctx.needs_input_grad[2]:
             gb = gy.sum(0)
-        return gx, gw, gb, None, None
-
-
-def _problem(x: torch.Tensor, w_kio: torch.Tensor, rb: RuleBook) -> K.ConvProblem:
-    return K.ConvProblem(n_in=rb.n_in, n_out=rb.n_out, c_in=w_kio.shape[1], c_out=w_kio.shape[2],
-                         volume=rb.volume, n_pairs=-1, kind=rb.geometry.kind,
-                         threads=numba.get_num_threads())
+        return gx, gw, gb, None, None, None
 
 
 def sparse_conv(x: SparseTensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
@@ -194,7 +228,8 @@ def sparse_conv(x: SparseTensor, weight: torch.Tensor, bias: torch.Tensor | None
     indice_key : str, optional
         Name under which a ``"conv"`` stores its rulebook (for a later ``"inverse"``).
     algo : {"fused", "gemm"}, optional
-        Force an algorithm; default :func:`sparsecnn.spatial.kernels.choose_algorithm`.
+        A kernel registered for the op ``"sparse_conv"`` (:mod:`sparsecnn.spatial.kernels`);
+        default: :func:`sparsecnn.dispatch.choose` of the :class:`SparseConvProblem`.
 
     Returns
     -------
@@ -205,7 +240,8 @@ def sparse_conv(x: SparseTensor, weight: torch.Tensor, bias: torch.Tensor | None
     TypeError
         ``x`` not a SparseTensor, ``weight`` / ``bias`` not float32 tensors.
     ValueError
-        Weight rank or channel mismatch, bad geometry, unknown ``algo``.
+        Weight rank or channel mismatch, bad geometry, an unknown ``algo`` or one that cannot
+        run the problem (``"fused"`` with ``C_out`` not a multiple of 8).
     KeyError
         ``"inverse"`` without a stored forward rulebook.
     """
@@ -225,8 +261,6 @@ def sparse_conv(x: SparseTensor, weight: torch.Tensor, bias: torch.Tensor | None
             raise TypeError("bias must be a float32 torch.Tensor or None")
         if tuple(bias.shape) != (weight.shape[0],):
             raise ValueError(f"bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
-    if algo is not None and algo not in K.ALGORITHMS:
-        raise ValueError(f"algo must be one of {K.ALGORITHMS} or None, got {algo!r}")
     ks = tuple(weight.shape[2:])
     if kind == "inverse":
         fwd = x.indice_dict.get(indice_key) if indice_key is not None else None
@@ -237,18 +271,13 @@ def sparse_conv(x: SparseTensor, weight: torch.Tensor, bias: torch.Tensor | None
     rb, cs_out = get_rulebook(x, geometry, indice_key)
     w_kio = _weight_kio(weight, d)
     feats = x.features
-    p = K.ConvProblem(n_in=rb.n_in, n_out=rb.n_out, c_in=w_kio.shape[1], c_out=w_kio.shape[2],
-                      volume=rb.volume, n_pairs=-1, kind=geometry.kind,
-                      threads=numba.get_num_threads())
-    if algo is None:
-        algo = K.choose_algorithm(p)
-    elif not K.supported(algo, p):
-        raise ValueError(f"algo {algo!r} does not support C_out = {p.c_out} (needs a multiple of 8)")
+    p = problem_of(feats, w_kio, rb)
+    kernel = kernel_for(p, algo)
     if torch.is_grad_enabled() and (feats.requires_grad or weight.requires_grad or
                                     (bias is not None and bias.requires_grad)):
-        y = _SparseConvFn.apply(feats, w_kio, bias, rb, algo)
+        y = _SparseConvFn.apply(feats, w_kio, bias, rb, kernel, p)
     else:
-        y = _run(feats.contiguous(), w_kio, bias, rb, algo)
+        y = _run(feats.contiguous(), w_kio, bias, rb, kernel, p)
     return SparseTensor._make(y, cs_out, x.indice_dict)
 
 

@@ -1,5 +1,4 @@
-"""Compute kernels of sparse convolution over a rulebook, and the one place that chooses between
-them.
+"""Compute kernels of sparse convolution over a rulebook, registered in the kernel registry.
 
 Two algorithms compute ``Y[j] = bias + sum_k W_k^T X[nbr[j, k]]`` (``W`` as (K, C_in, C_out)):
 
@@ -14,71 +13,31 @@ Two algorithms compute ``Y[j] = bias + sum_k W_k^T X[nbr[j, k]]`` (``W`` as (K, 
 ``"gemm"`` (PyTorch) -- the textbook gather -> GEMM -> scatter-add per offset
     (``index_select``, ``torch.mm`` on oneDNN/MKL, ``index_add_``) over the compacted rulebook.
 
-:func:`choose_algorithm` takes a :class:`ConvProblem` and returns one of them: the measured
-choice (``sparsecnn bench-spatial --algos``, docs/spatial.md), kept in this one function so that
-the kernel registry can take it over.
+:mod:`sparsecnn.kernels.registry` holds both as kernels of the op ``"sparse_conv"``
+(:class:`~sparsecnn.spatial.problem.SparseConvProblem`), with their capabilities: CPU, float32,
+a dense torch weight, and for ``"fused"`` ``C_out % 8 == 0``. :func:`sparsecnn.dispatch.choose`
+picks ``"fused"`` where it can run and ``"gemm"`` otherwise
+(:data:`sparsecnn.dispatch.heuristic.PREFERENCE`; measured with ``sparsecnn bench-spatial
+--algos``, docs/spatial.md: ``fused`` was faster in every case).
+
+Calling convention of the op (the registry's, plus the rulebook): ``run(prepared, x, bias,
+rulebook) -> y`` with ``prepared.operand`` the weight as (K, C_in, C_out) float32 contiguous,
+``x`` (P_in, C_in) float32 contiguous, ``bias`` (C_out,) or None, ``rulebook`` a
+:class:`~sparsecnn.spatial.rulebook.RuleBook`; ``y`` (P_out, C_out), ReLU applied when
+``prepared.problem.relu``.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from numba import njit, prange
 
+from ..kernels import registry
 from ._microkernel import MR_MAX, micro
+from .problem import SparseConvProblem
 
-ALGORITHMS: tuple[str, ...] = ("fused", "gemm")
 DEFAULT_BLOCK = 64
-
-
-@dataclass(frozen=True)
-class ConvProblem:
-    """What a sparse convolution's algorithm choice depends on.
-
-    Attributes
-    ----------
-    n_in, n_out : int -- active input / output sites
-    c_in, c_out : int -- channels
-    volume : int -- kernel offsets K
-    n_pairs : int -- rulebook entries (each is ``c_in * c_out`` multiply-adds); -1 if not counted
-    kind : str -- ``"subm"``, ``"conv"`` or ``"inverse"``
-    threads : int
-    """
-
-    n_in: int
-    n_out: int
-    c_in: int
-    c_out: int
-    volume: int
-    n_pairs: int
-    kind: str
-    threads: int
-
-    @property
-    def flops(self) -> int:
-        """Useful floating-point operations: 2 per multiply-add (-1 if ``n_pairs`` is unknown)."""
-        return -1 if self.n_pairs < 0 else 2 * self.n_pairs * self.c_in * self.c_out
-
-
-def supported(algo: str, p: ConvProblem) -> bool:
-    """Whether ``algo`` can run ``p``."""
-    if algo == "fused":
-        return p.c_out % 8 == 0
-    return algo == "gemm"
-
-
-def choose_algorithm(p: ConvProblem) -> str:
-    """The algorithm for problem ``p``: ``"fused"`` whenever it applies.
-
-    Measured on the bunny and armadillo at 64^3 - 256^3, 16 and 64 channels, batch 1 and 4 on a
-    2-core Zen 3 (``sparsecnn bench-spatial --algos``, docs/spatial.md): the fused kernel was
-    faster than gather-GEMM-scatter through torch in every case, most at 16 channels where the
-    GEMMs are too thin for BLAS to pay for the gathered copies. Channel counts that are not a
-    multiple of 8 go to ``"gemm"``.
-    """
-    return "fused" if supported("fused", p) else "gemm"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -201,3 +160,41 @@ def maxpool(x: torch.Tensor, nbr: np.ndarray) -> tuple[torch.Tensor, torch.Tenso
     if nbr.shape[0] and xa.shape[1]:
         _maxpool(xa, nbr, y, arg)
     return torch.from_numpy(y), torch.from_numpy(arg)
+
+
+# ---------------------------------------------------------------------------------------------
+# registration
+def _relu(y: torch.Tensor, problem) -> torch.Tensor:
+    return y.clamp_min_(0.0) if problem.relu else y
+
+
+def run_fused(prepared, x: torch.Tensor, bias, rulebook) -> torch.Tensor:
+    """Registry entry of ``"fused"``: :func:`conv_fused` over ``rulebook.nbr``."""
+    return _relu(conv_fused(x, prepared.operand, bias, rulebook.nbr), prepared.problem)
+
+
+def run_gemm(prepared, x: torch.Tensor, bias, rulebook) -> torch.Tensor:
+    """Registry entry of ``"gemm"``: :func:`conv_gemm` over ``rulebook.pairs()``."""
+    starts, ii, oo = rulebook.pairs()
+    return _relu(conv_gemm(x, prepared.operand, bias, (starts, ii, oo, rulebook.n_out)),
+                 prepared.problem)
+
+
+def _fused_supports(p: SparseConvProblem) -> bool:
+    return p.c_out % 8 == 0
+
+
+FUSED = registry.register(registry.Kernel(
+    name="fused", op=SparseConvProblem.op, run=run_fused, formats=("dense",),
+    devices=("cpu",), dtypes=("float32",), supports=_fused_supports,
+    sources=("sparsecnn.spatial._microkernel",),
+    description="output-stationary implicit GEMM (Numba, 6x16 register tiles, gather and "
+                "scatter in the micro-kernel); needs C_out a multiple of 8"))
+GEMM = registry.register(registry.Kernel(
+    name="gemm", op=SparseConvProblem.op, run=run_gemm, formats=("dense",),
+    devices=("cpu",), dtypes=("float32",),
+    description="gather -> GEMM -> scatter-add per kernel offset (torch index_select, mm, "
+                "index_add_); any channel count"))
+
+#: The registered sparse-convolution kernels, in the dispatcher's preference order.
+ALGORITHMS: tuple[str, ...] = tuple(registry.names(SparseConvProblem.op))
