@@ -58,3 +58,40 @@ def tolerances(fan_in: int) -> dict:
     """fp32 tolerances for a sum of ``fan_in`` products of N(0, 1) values: rtol 1e-5 and
     atol 1e-6 * fan_in (about 8 ulp of float32 per accumulated term, worst-case growth)."""
     return {"rtol": 1e-5, "atol": 1e-6 * max(1, fan_in)}
+
+
+#: Zero patterns of conv inputs (activation sparsity) every conv kernel is checked on.
+ACT_PATTERNS = ("dense", "zeros-0.5", "zeros-0.95", "dead-channels", "all-zero", "zero-rows",
+                "zero-windows", "relu")
+
+
+def activation_input(shape, pattern: str, gen: torch.Generator) -> torch.Tensor:
+    """An N(0, 1) input of ``shape`` (N, C, H, W) with the zero ``pattern`` of
+    :data:`ACT_PATTERNS`: random zeros at 50 / 95 %, dead channels (a different half of the
+    channels all zero in each image), all zero, whole zero rows (every other row), zero aligned
+    16-float windows of each flattened plane (two in three), or ``relu`` (ReLU of N(0, 1): ~50 %
+    zeros, non-negative). NaN-free."""
+    n, c, h, w = shape
+    x = torch.randn(shape, generator=gen)
+    if pattern == "dense":
+        return x
+    if pattern.startswith("zeros-"):
+        return x * (torch.rand(shape, generator=gen) >= float(pattern[6:]))
+    if pattern == "dead-channels":
+        for i in range(n):
+            x[i, torch.randperm(c, generator=gen)[:max(1, c // 2)]] = 0
+        return x
+    if pattern == "all-zero":
+        return torch.zeros(shape)
+    if pattern == "zero-rows":
+        x[:, :, ::2, :] = 0
+        return x
+    if pattern == "zero-windows":
+        flat = x.reshape(n, c, h * w)
+        for v in range(0, h * w, 16):
+            if (v // 16) % 3:
+                flat[:, :, v:v + 16] = 0
+        return flat.reshape(shape)
+    if pattern == "relu":
+        return torch.relu(x)
+    raise ValueError(f"unknown pattern {pattern!r}")

@@ -221,11 +221,12 @@ def _cli(tmp_path, *extra):
 
 
 def test_cli_writes_results_folder(tmp_path, test_kernels, capsys):
-    out = tmp_path / "res" / "run1"
-    assert _cli(tmp_path, "--kernels", "t_densify", "--out", str(out)) == 0
+    parent = tmp_path / "res"
+    assert _cli(tmp_path, "--kernels", "t_densify", "--out", str(parent)) == 0
+    [out] = list(parent.iterdir())                          # one folder, no temporary one left
+    assert out.name.startswith("bench-layers-")
     assert sorted(p.name for p in out.iterdir()) == ["bench.csv", "bench.json", "speedup.png",
                                                      "speedup.svg"]
-    assert [p.name for p in out.parent.iterdir()] == ["run1"]  # no temporary folder left
     with open(out / "bench.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [(r["sparsity"], r["kernel"]) for r in rows] == [
@@ -246,13 +247,25 @@ def test_cli_mismatch_exit_code(tmp_path, test_kernels, capsys):
     assert "MISMATCH" in capsys.readouterr().out
 
 
-def test_cli_refuses_existing_out_and_leaves_it(tmp_path, capsys):
+def test_cli_existing_out_gets_a_new_folder_and_keeps_the_rest(tmp_path, test_kernels):
     out = tmp_path / "exists"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    assert _cli(tmp_path, "--out", str(out)) == 2
-    assert "already exists" in capsys.readouterr().err
-    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    assert _cli(tmp_path, "--kernels", "t_densify", "--out", str(out), "--no-plot") == 0
+    assert _cli(tmp_path, "--kernels", "t_densify", "--out", str(out), "--no-plot") == 0
+    names = sorted(p.name for p in out.iterdir())
+    assert len(names) == 3 and names[-1] == "keep.txt" and (out / "keep.txt").read_text() == "mine"
+    assert all(n.startswith("bench-layers-") for n in names[:2])
+
+
+def test_cli_out_that_is_a_file_fails_before_timing(tmp_path, capsys, monkeypatch):
+    def never(*a, **k):
+        raise AssertionError("timed although --out is unusable")
+    monkeypatch.setattr("sparsecnn.bench.benchmark.sweep", never)
+    (tmp_path / "f").write_text("x")
+    assert _cli(tmp_path, "--out", str(tmp_path / "f")) == 2
+    assert "exists and is not a folder" in capsys.readouterr().err
+    assert (tmp_path / "f").read_text() == "x"
 
 
 def test_cli_failure_while_writing_leaves_nothing(tmp_path, monkeypatch, test_kernels):

@@ -18,7 +18,8 @@ from sparsecnn.functional import conv2d_problem
 from sparsecnn.kernels import registry
 from sparsecnn.kernels.cpu import _common, im2col_spmm
 
-from _kernel_cases import SPARSITIES, build_weight, kernel_formats, sparse_weight, tolerances
+from _kernel_cases import (ACT_PATTERNS, SPARSITIES, activation_input, build_weight,
+                           kernel_formats, sparse_weight, tolerances)
 
 KERNEL_FORMATS = kernel_formats("conv2d")
 
@@ -58,6 +59,9 @@ def _run(name, fmt, case, sparsity=0.9, *, bias=True, relu=False, weight=None, x
     kernel = registry.get("conv2d", name)
     if kernel.supports is not None and not kernel.supports(problem):
         pytest.skip(f"{name} does not support {problem.key()}")
+    why = kernel.why_not(problem, wk)  # e.g. hybrid: a weight without a dense block
+    if why is not None:
+        pytest.skip(why)
     y = sparsecnn.conv2d(x, wk, b, stride, padding, dilation, groups, algo=name, relu=relu)
     ref = F.conv2d(x, wref, b, stride, padding, dilation, groups)
     if relu:
@@ -99,6 +103,22 @@ def test_conv_edge_weights(name, fmt, case, kind):
         weight = torch.randn(shape, generator=gen)
     y = _run(name, fmt, case, weight=weight, bias=True, relu=False)
     if kind == "zero":  # the output is the bias broadcast over each plane, exactly
+        assert (y == y[:, :, :1, :1]).all()
+
+
+ACT_CASES = [CASES[4], CASES[7], ("3x3-b2-c24", 2, 24, 14, 14, 32, (3, 3), 1, 1, 1, 1)]
+
+
+@pytest.mark.parametrize("pattern", ACT_PATTERNS)
+@pytest.mark.parametrize("case", ACT_CASES, ids=[c[0] for c in ACT_CASES])
+@pytest.mark.parametrize("name, fmt", KERNEL_FORMATS)
+def test_conv_activation_patterns(name, fmt, case, pattern):
+    """Inputs with 0-95 % zeros, dead channels, zero rows / vector windows, all zero: exact
+    results whatever a kernel skips."""
+    _, n, c, h, w, *_ = case
+    x = activation_input((n, c, h, w), pattern, torch.Generator().manual_seed(7))
+    y = _run(name, fmt, case, 0.9, x=x, relu=True)
+    if pattern == "all-zero":  # the output is relu(bias) broadcast over each plane
         assert (y == y[:, :, :1, :1]).all()
 
 

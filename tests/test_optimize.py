@@ -20,7 +20,9 @@ if not hasattr(prune, "GradualPruner"):  # the pruning package lands from anothe
 def fast(tmp_path, monkeypatch):
     monkeypatch.setenv("SPARSECNN_CACHE_DIR", str(tmp_path / "cache"))
     # a tiny dense training run (the default is 15 epochs)
-    monkeypatch.setitem(pipeline.DENSE_TRAIN, "smallcnn", {"epochs": 3, "lr": 0.05, "batch_size": 64})
+    from sparsecnn import models
+    monkeypatch.setitem(models.SPECS, "smallcnn", models.SPECS["smallcnn"].replace(
+        dense_train={"epochs": 3, "lr": 0.05, "batch_size": 64}))
 
 
 def _tiny(out, **kw):

@@ -70,6 +70,27 @@ def test_folder_contents(report_dir):
     assert payload["summary"][1]["nnz"] == int((d["weights"]["2"] != 0).sum())
 
 
+def test_encodings_table_and_page(report_dir):
+    """The accelerators' index encodings reach encodings.csv and the page, equal to
+    analysis.index_encodings of each weight (1 PE and 64 PEs)."""
+    from sparsecnn.analysis import index_encodings
+
+    out, d = report_dir
+    with open(out / "encodings.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["layer"] for r in rows] == [*d["weights"], "(total)"]
+    for r in rows[:-1]:
+        e, e64 = index_encodings(d["weights"][r["layer"]]), \
+            index_encodings(d["weights"][r["layer"]], n_pe=64)
+        for key in ("csr", "bitmap", "step", "eie"):
+            assert int(r[f"{key}_bytes"]) == e[key]["bytes"]
+        assert int(r["eie_64pe_bytes"]) == e64["eie"]["bytes"]
+        assert float(r["eie_vs_csr"]) == pytest.approx(e["eie"]["vs_csr"])
+    assert int(rows[-1]["csr_bytes"]) == sum(int(r["csr_bytes"]) for r in rows[:-1])
+    page = (out / "index.html").read_text()
+    assert "Accelerators' index encodings" in page and "Cambricon-X step KiB" in page
+
+
 def test_html_is_self_contained(report_dir):
     out, _ = report_dir
     page = (out / "index.html").read_text()
@@ -225,12 +246,18 @@ def test_cli_one_layer_end_to_end(tmp_path, capsys):
                "--no-static"])
     assert rc == 0
     text = capsys.readouterr().out
-    assert "report written to" in text and "random initialisation" in text
+    from sparsecnn import models
+    published = models.spec("resnet20").default_weights()
+    expect = "published pretrained weights" if published is not None else "random initialisation"
+    assert "report written to" in text and expect in text
     assert "magnitude pruning to 0.9" in text
-    payload = json.loads((out / "report.json").read_text())
+    [folder] = list(out.iterdir())                 # one new report folder under --out
+    assert folder.name.startswith("report-resnet20-layer2.0.conv2-")
+    assert f"report written to {folder}/index.html" in text
+    payload = json.loads((folder / "report.json").read_text())
     assert payload["layers"] == ["layer2.0.conv2"]
     assert payload["geometry"]["layer2.0.conv2"]["input_shape"] == [1, 32, 16, 16]
-    assert "random initialisation" in payload["meta"]["weights"]
+    assert expect in payload["meta"]["weights"]
     assert payload["summary"][0]["nnz"] == round(0.1 * 32 * 32 * 9)       # pruned to exactly 90 %
 
 

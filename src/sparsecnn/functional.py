@@ -7,6 +7,7 @@ is validated here, once, so kernels only compute.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from numbers import Integral
 
@@ -15,9 +16,11 @@ import torch
 from . import dispatch
 from .formats import SparseWeight
 from .kernels import prepared, registry
-from .problem import ConvProblem, LinearProblem, Problem, conv_output_size, dtype_name
+from .problem import (ConvPoolProblem, ConvProblem, LinearProblem, Problem, conv_output_size,
+                      dtype_name)
 
-__all__ = ["conv2d", "linear", "resolve", "conv2d_problem", "linear_problem", "conv_output_size"]
+__all__ = ["conv2d", "conv2d_pool", "linear", "resolve", "conv2d_problem", "conv2d_pool_problem",
+           "linear_problem", "conv_output_size"]
 
 
 def _pair(value, name: str, minimum: int) -> tuple[int, int]:
@@ -101,8 +104,14 @@ def resolve(problem: Problem, weight, algo: str = "auto"):
     """
     if not isinstance(algo, str):
         raise TypeError(f"algo must be a str, got {type(algo).__name__}")
-    name = dispatch.choose(problem) if algo == "auto" else algo
-    kernel = registry.resolve(problem, name)
+    if algo == "auto":
+        kernel = registry.resolve(problem, dispatch.choose(problem))
+        if kernel.weight_check is not None and kernel.why_not(problem, weight) is not None:
+            # a decision measured on another weight of the same problem key that this one
+            # cannot take (no dense block for ``hybrid``): the heuristic's choice instead
+            kernel = registry.resolve(problem, dispatch.heuristic(problem))
+    else:
+        kernel = registry.resolve(problem, algo, weight)
     return kernel, prepared.prepare(kernel, weight, problem)
 
 
@@ -209,6 +218,83 @@ def conv2d_problem(x, weight, bias=None, stride=1, padding=0, dilation=1, groups
             f"{dilation[0] * (r - 1) + 1}x{dilation[1] * (s - 1) + 1}"
         )
     return x, problem, bias, unbatched
+
+
+def conv2d_pool(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
+                pool_kernel, pool_stride=None, pool_padding=0, pool_dilation=1,
+                ceil_mode: bool = False, relu: bool = False, algo: str = "auto") -> torch.Tensor:
+    """Convolution, optional ReLU, then max-pooling, as one call:
+    ``max_pool2d(relu(conv2d(x, weight, ...)), pool_kernel, pool_stride, ...)``.
+
+    A fused kernel (ECR / PECR, Xu et al. 2019) computes the pooled output without writing the
+    whole convolution output; the other kernels of op ``"conv2d_pool"`` run a conv2d kernel of
+    the same name, then ``torch.nn.functional.max_pool2d`` (``docs/activation.md``).
+
+    Parameters
+    ----------
+    x, weight, bias, stride, padding, dilation, groups, relu
+        As :func:`conv2d`.
+    pool_kernel : int or pair of int
+        Max-pooling window.
+    pool_stride : int, pair of int or None
+        Default: ``pool_kernel`` (as PyTorch).
+    pool_padding : int or pair of int
+        Implicit ``-inf`` padding, at most half the window.
+    pool_dilation : int or pair of int
+    ceil_mode : bool
+        As :func:`torch.nn.functional.max_pool2d`.
+    algo : str
+        A kernel registered for ``conv2d_pool`` (``"dense"``, ``"im2col_spmm"``, ``"fused_ref"``,
+        ...) or ``"auto"``.
+
+    Returns
+    -------
+    torch.Tensor (N, K, PH, PW) (or (K, PH, PW) for 3-D input)
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`conv2d`; and a non-positive pool window, stride or dilation, negative padding
+        or padding over half the window, or an empty pooled output.
+    """
+    x4, problem, bias, unbatched = conv2d_pool_problem(
+        x, weight, bias, stride, padding, dilation, groups, relu, pool_kernel=pool_kernel,
+        pool_stride=pool_stride, pool_padding=pool_padding, pool_dilation=pool_dilation,
+        ceil_mode=ceil_mode)
+    kernel, prep = resolve(problem, weight, algo)
+    y = kernel.run(prep, x4.contiguous(), bias)
+    return y[0] if unbatched else y
+
+
+def conv2d_pool_problem(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
+                        relu=False, *, pool_kernel, pool_stride=None, pool_padding=0,
+                        pool_dilation=1, ceil_mode=False):
+    """Validate the arguments of :func:`conv2d_pool` and build their
+    :class:`~sparsecnn.problem.ConvPoolProblem`.
+
+    Returns
+    -------
+    (x4, problem, bias, unbatched)
+        As :func:`conv2d_problem`. Raises as :func:`conv2d_pool`.
+    """
+    x4, cp, bias, unbatched = conv2d_problem(x, weight, bias, stride, padding, dilation, groups,
+                                             relu)
+    pk = _pair(pool_kernel, "pool_kernel", 1)
+    ps = pk if pool_stride is None else _pair(pool_stride, "pool_stride", 1)
+    pp = _pair(pool_padding, "pool_padding", 0)
+    pd = _pair(pool_dilation, "pool_dilation", 1)
+    if pp[0] * 2 > pk[0] or pp[1] * 2 > pk[1]:
+        raise ValueError(f"pool_padding {pp} must be at most half the pool window {pk}")
+    if not isinstance(ceil_mode, bool):
+        raise TypeError(f"ceil_mode must be a bool, got {ceil_mode!r}")
+    fields = {f.name: getattr(cp, f.name) for f in dataclasses.fields(cp)}
+    problem = ConvPoolProblem(**fields, pool_kernel=pk, pool_stride=ps, pool_padding=pp,
+                              pool_dilation=pd, ceil_mode=ceil_mode)
+    if problem.PH < 1 or problem.PW < 1:
+        raise ValueError(f"convolution output {problem.OH}x{problem.OW} is smaller than the "
+                         f"dilated pool window {pd[0] * (pk[0] - 1) + 1}x{pd[1] * (pk[1] - 1) + 1} "
+                         f"(padding {pp})")
+    return x4, problem, bias, unbatched
 
 
 def linear(x, weight, bias=None, *, algo: str = "auto", relu: bool = False) -> torch.Tensor:

@@ -2,8 +2,12 @@
 benchmark -> results folder.
 
 :func:`optimize` returns a plain result dict (everything ``results.json`` holds);
-:func:`render_summary` turns it into Markdown and :func:`print_summary` into rich tables. The
-CLI (``sparsecnn optimize``) only parses arguments and calls these.
+:func:`sparsecnn.report.summary.render_summary` turns it into Markdown and
+:func:`~sparsecnn.report.summary.print_summary` into rich tables (both re-exported here). The CLI
+(``sparsecnn optimize``) only parses arguments and calls these. Per-model defaults (weights,
+data, recipe, whether Linear layers are pruned) come from :func:`sparsecnn.models.spec`; the
+results folder follows :mod:`sparsecnn.results`; the output check is
+:func:`sparsecnn.checks.compare_outputs`.
 
 Timing protocol (end to end, each batch size): the dense baseline is the pruned model exactly as
 trained -- unmodified eval-mode PyTorch, BatchNorm *not* folded; "dense, BN folded" is the same
@@ -28,9 +32,13 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.utils.data import TensorDataset
 
 from . import quant
-from ._atomic import atomic_dir, atomic_path
+from ._atomic import atomic_path
+from .checks import TOLERANCE, compare_outputs
+from .report.summary import layer_rows, print_summary, render_summary  # noqa: F401 (re-exported)
+from .results import DEFAULT_PARENT, check_output_file, check_parent, results_folder
 
 #: quantization methods reported by default (all of :data:`sparsecnn.quant.METHODS`)
 QUANT_METHODS = tuple(quant.METHODS)
@@ -39,13 +47,13 @@ METHODS = ("magnitude", "global", "nm", "filter", "unified")
 #: ``epochs > 0``: method -> (recipe ``scope``, recipe ``method``).
 GRADUAL = {"magnitude": ("layer", "magnitude"), "global": ("global", "magnitude"),
            "unified": ("layer", "unified")}
-DEFAULT_OUT = "sparsecnn-results"
-#: Output check of the sparse model against the pruned dense model:
-#: ``max|y_sparse - y_dense| <= VERIFY_TOL * max(1, max|y_dense|)`` and identical top-1.
-VERIFY_TOL = 1e-4
-#: Pruned models whose classifier is most of the weights prune their Linear layers too.
-PRUNE_LINEAR = {"smallcnn": True, "alexnet": True, "vgg16": True}
-DENSE_TRAIN = {"smallcnn": {"epochs": 15, "lr": 0.05, "batch_size": 64}}
+DEFAULT_OUT = DEFAULT_PARENT
+#: Output check of the sparse model against the pruned dense model
+#: (:func:`sparsecnn.checks.compare_outputs`): ``max|y_sparse - y_dense| <= VERIFY_TOL *
+#: max(1, max|y_dense|)``, and top-1 predictions compared.
+VERIFY_TOL = TOLERANCE
+#: Random images a label-free run (``input_shape``) verifies on (at least).
+VERIFY_IMAGES = 4
 
 
 def _log(console, msg: str) -> None:
@@ -56,7 +64,8 @@ def _log(console, msg: str) -> None:
 # ---------------------------------------------------------------------------------------------
 # inputs
 # ---------------------------------------------------------------------------------------------
-def _check_args(model, sparsity, method, epochs, batch_sizes, threads, format, onnx) -> None:
+def _check_args(model, sparsity, method, epochs, batch_sizes, threads, format, onnx,
+                time_s) -> None:
     from . import models
     from .formats import FORMATS
     if onnx is None and model not in models.NAMES:
@@ -68,58 +77,92 @@ def _check_args(model, sparsity, method, epochs, batch_sizes, threads, format, o
         raise ValueError(f"unknown pruning method {method!r}; expected one of {list(METHODS)}")
     if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0):
         raise ValueError(f"epochs must be an int >= 0, got {epochs!r}")
+    if batch_sizes is not None:
+        _check_batch_sizes(batch_sizes)
+    from .threads import check_threads
+    check_threads(threads)
+    if format not in FORMATS:
+        raise ValueError(f"unknown format {format!r}; expected one of {sorted(FORMATS)}")
+    if isinstance(time_s, bool) or not isinstance(time_s, (int, float)) \
+            or not math.isfinite(float(time_s)) or float(time_s) <= 0:
+        raise ValueError(f"time (seconds of timed runs per batch size) must be a finite number "
+                         f"> 0, got {time_s!r}")
+
+
+def _check_batch_sizes(batch_sizes) -> None:
     if not batch_sizes or any(isinstance(b, bool) or not isinstance(b, int) or b < 1
                               for b in batch_sizes):
         raise ValueError(f"batch sizes must be positive ints, got {batch_sizes!r}")
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise ValueError(f"threads must be a positive int, got {threads!r}")
-    if format not in FORMATS:
-        raise ValueError(f"unknown format {format!r}; expected one of {sorted(FORMATS)}")
 
 
-def _set_threads(threads: int) -> dict:
-    torch.set_num_threads(threads)
-    import numba
-    nb = min(threads, numba.config.NUMBA_NUM_THREADS)
-    numba.set_num_threads(nb)
-    return {"torch": torch.get_num_threads(), "numba": nb}
+def _check_input_shape(shape) -> tuple[int, ...]:
+    """``--input-shape``: N,C,H,W positive ints (a string "1,3,640,640" or a sequence)."""
+    text = shape
+    if isinstance(shape, str):
+        try:
+            shape = [int(v) for v in shape.replace("x", ",").split(",")]
+        except ValueError:
+            raise ValueError(f"input shape must be N,C,H,W (positive ints), got {text!r}") from None
+    shape = tuple(shape)
+    if len(shape) != 4 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1
+                              for v in shape):
+        raise ValueError(f"input shape must be N,C,H,W (4 positive ints), got {text!r}")
+    return shape
+
+
+def _onnx_static_shape(path) -> tuple[int, ...]:
+    from .onnx import input_shape
+    dims = input_shape(path)
+    if len(dims) != 4 or any(d is None for d in dims):
+        raise ValueError(f"{path} declares input shape {tuple('?' if d is None else d for d in dims)}"
+                         "; pass --input-shape N,C,H,W (label-free) or --data NPZ")
+    return dims
 
 
 def _datasets(model_name, data, train_data):
     """(train or None, test) TensorDatasets and a description."""
     from . import data as D
+    from . import models
     if data is not None:
-        test = D.load_npz(data)
+        test = D.load_npz(data, labels_required=False)
+        if len(test.tensors) == 1:  # unlabelled images: label-free mode, [0, 1] pixels
+            test = D.load_npz(data, None, labels_required=False)
+            if train_data is not None:
+                raise ValueError("--train-data needs labelled evaluation images; --data has no "
+                                 "'labels'")
+            return None, test, f"{data} ({len(test)} unlabelled images)"
         train = D.load_npz(train_data) if train_data is not None else None
         return train, test, f"{data}" + (f" (train {train_data})" if train_data else "")
     if train_data is not None:
         raise ValueError("--train-data needs --data (the evaluation images) too")
-    if model_name == "smallcnn":
-        train, test = D.load_digits()
-        return train, test, "scikit-learn digits 8x8 (1437 train / 360 test)"
-    if model_name and model_name.startswith("resnet"):
-        train, test = D.cifar10_subsets()
-        return train, test, "CIFAR-10 subsets (4660 train / 846 test, shared data)"
-    raise ValueError(f"model {model_name!r} has no default data set; pass --data NPZ")
+    if model_name is None:
+        raise ValueError("an ONNX model has no default data set; pass --data NPZ")
+    return models.spec(model_name).default_data()
 
 
-def _check_fits(model: nn.Module, x: torch.Tensor, what: str) -> torch.Tensor:
+def _check_fits(model: nn.Module, x: torch.Tensor, what: str, labelled: bool = True):
     try:
         with torch.no_grad():
             y = model.eval()(x)
     except Exception as exc:
         raise ValueError(f"{what} of shape {tuple(x.shape)} and dtype {x.dtype} do not fit the "
                          f"model: {type(exc).__name__}: {exc}") from None
+    if not labelled:  # label-free: any tensors will do (detection / segmentation maps)
+        compare_outputs(y, y)  # TypeError naming what it got, if not tensors
+        return y
     if not isinstance(y, torch.Tensor) or y.ndim != 2:
-        raise ValueError(f"the model must return (N, classes) logits, got "
-                         f"{type(y).__name__} {getattr(y, 'shape', '')}")
+        raise ValueError(f"with labelled data the model must return (N, classes) logits, got "
+                         f"{type(y).__name__} {getattr(y, 'shape', '')}; for detection or "
+                         "segmentation models use --input-shape N,C,H,W or an npz of images "
+                         "without labels (label-free mode)")
     return y
 
 
 def _dense_cache_path(model_name: str, seed: int) -> Path:
+    from . import models
     from .dispatch import cache_dir
-    cfg = json.dumps({"model": model_name, "seed": seed, **DENSE_TRAIN.get(model_name, {})},
-                     sort_keys=True)
+    cfg = json.dumps({"model": model_name, "seed": seed,
+                      **(models.spec(model_name).dense_train or {})}, sort_keys=True)
     digest = hashlib.sha256(cfg.encode()).hexdigest()[:12]
     return cache_dir() / "weights" / f"{model_name}-dense-{digest}.pt"
 
@@ -135,7 +178,7 @@ def _train_dense(model, model_name, train_set, test_loader, seed, progress, cons
             return {"source": "cache", "path": str(path)}
         except (ValueError, FileNotFoundError) as exc:
             _log(console, f"cached weights unusable ({exc}); retraining")
-    cfg = DENSE_TRAIN.get(model_name)
+    cfg = models.spec(model_name).dense_train
     if cfg is None or train_set is None:
         raise ValueError(f"model {model_name!r} needs --weights (or training data and a training "
                          "recipe; only smallcnn trains from scratch here)")
@@ -151,16 +194,6 @@ def _train_dense(model, model_name, train_set, test_loader, seed, progress, cons
             "epochs": cfg["epochs"]}
 
 
-def _default_weights(model_name: str) -> Path | None:
-    from . import data as D
-    files = {"resnet20": "resnet20-12fca82f.th", "resnet56": "resnet56-4bfd9763.th"}
-    shared = D.shared_data_dir()
-    if model_name in files and shared is not None:
-        p = shared / "resnet_cifar10" / files[model_name]
-        return p if p.is_file() else None
-    return None
-
-
 # ---------------------------------------------------------------------------------------------
 # pruning
 # ---------------------------------------------------------------------------------------------
@@ -168,11 +201,12 @@ def pruning_recipe(model_name: str | None, method: str, sparsity: float, epochs:
                    seed: int = 0, weights=None, prune_linear: bool | None = None):
     """The :class:`~sparsecnn.prune.recipes.Recipe` that ``optimize`` runs for gradual pruning.
 
-    Defaults per model from the ready-made recipes: the CIFAR ResNets take
-    :func:`~sparsecnn.prune.recipes.resnet20_cifar_90` (batch 128, lr 0.02, AGP over the first
-    60 % of the steps, distillation from the dense model, crop + flip), ``smallcnn`` takes
-    :func:`~sparsecnn.prune.recipes.smallcnn_digits`; any other model (or an ONNX import,
-    ``model_name=None``) the :class:`Recipe` defaults without augmentation or distillation.
+    The base is the model spec's recipe (:attr:`sparsecnn.models.ModelSpec.recipe`): the CIFAR
+    ResNets take :func:`~sparsecnn.prune.recipes.resnet20_cifar_90` (batch 128, lr 0.02, AGP
+    over the first 60 % of the steps, distillation from the dense model, crop + flip),
+    ``smallcnn`` takes :func:`~sparsecnn.prune.recipes.smallcnn_digits`; any other model (or an
+    ONNX import, ``model_name=None``) the :class:`Recipe` defaults without augmentation or
+    distillation.
     ``method`` sets the scope (``"magnitude"``: per layer, ``"global"``: one threshold,
     ``"unified"``: per layer, equal nnz per output channel); ``sparsity``, ``epochs``, ``seed``,
     ``weights`` (the starting checkpoint's path, recorded; needed for distillation) and
@@ -183,15 +217,15 @@ def pruning_recipe(model_name: str | None, method: str, sparsity: float, epochs:
     ValueError
         For a method that is not gradual (see :data:`GRADUAL`).
     """
+    from . import models
     from .prune import recipes
     if method not in GRADUAL:
         raise ValueError(f"method {method!r} is not a gradual pruning method; expected one of "
                          f"{list(GRADUAL)}")
     scope, mask_method = GRADUAL[method]
-    if model_name == "smallcnn":
-        base = recipes.smallcnn_digits()
-    elif model_name is not None and model_name.startswith("resnet"):  # the CIFAR ResNets
-        base = recipes.resnet20_cifar_90(model=model_name)
+    base_name = models.spec(model_name).recipe if model_name is not None else None
+    if base_name is not None:
+        base = recipes.RECIPES[base_name](model=model_name)
     else:
         base = recipes.Recipe(model=model_name or "onnx", weights=None, dataset="npz",
                               final_sparsity=sparsity, augment=False, kd_alpha=0.0)
@@ -204,7 +238,7 @@ def pruning_recipe(model_name: str | None, method: str, sparsity: float, epochs:
 
 def _prune(model, model_name, recipe_key, method, sparsity, epochs, train_set, test_set,
            weights, seed, prune_linear, progress, console) -> dict:
-    from . import prune
+    from . import models, prune
     from .prune.masks import select_layers
     types = (nn.Conv2d, nn.Linear) if prune_linear else (nn.Conv2d,)
     layers = [n for n, _ in select_layers(model, types=types)]
@@ -232,7 +266,8 @@ def _prune(model, model_name, recipe_key, method, sparsity, epochs, train_set, t
             info["nm"] = f"{n}:{m}"
         info["schedule"] = "one-shot"
         if epochs > 0:  # fine-tune with the masks fixed (parametrized weights stay zero)
-            loader = prune.make_loader(train_set, 64 if model_name == "smallcnn" else 128, seed=seed)
+            batch = models.spec(recipe_key).finetune_batch if recipe_key is not None else 128
+            loader = prune.make_loader(train_set, batch, seed=seed)
             prune.train(model, loader, epochs, 0.01, seed=seed, progress=progress,
                         description=f"fine-tune {method}")
             info["schedule"] = f"one-shot + {epochs} epochs fine-tuning"
@@ -303,7 +338,12 @@ def _outputs(model, loader) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def verify(sparse_model: nn.Module, dense_model: nn.Module, loader) -> dict:
-    """Compare the sparse model with the pruned dense model over ``loader``.
+    """Compare the sparse model with the pruned dense model over ``loader``
+    (:func:`sparsecnn.checks.compare_outputs`).
+
+    ``loader`` yields ``(x, labels)`` batches, or ``(x,)`` without labels: then the models may
+    return anything made of tensors (detection / segmentation maps) and only the outputs are
+    compared (the top-1 entries are None).
 
     Returns
     -------
@@ -312,15 +352,26 @@ def verify(sparse_model: nn.Module, dense_model: nn.Module, loader) -> dict:
         VERIFY_TOL * max(1, scale)), ``prediction_agreement`` (share of identical top-1),
         ``same_predictions``, ``dense_top1``, ``sparse_top1``, ``n``.
     """
+    first = next(iter(loader))
+    if len(first) < 2:  # no labels: outputs only, batch by batch
+        err, scale, ok, n = 0.0, 0.0, True, 0
+        with torch.no_grad():
+            for (x,) in loader:
+                chk = compare_outputs(sparse_model.eval()(x), dense_model.eval()(x), VERIFY_TOL)
+                err, scale = max(err, chk.max_abs_err), max(scale, chk.scale)
+                ok, n = ok and chk.ok, n + x.shape[0]
+        ok = ok and err <= VERIFY_TOL * max(1.0, scale)
+        return {"max_abs_err": err, "scale": scale, "tolerance": VERIFY_TOL,
+                "within_tolerance": ok, "prediction_agreement": None, "same_predictions": None,
+                "dense_top1": None, "sparse_top1": None, "n": n}
     yd, labels = _outputs(dense_model.eval(), loader)
     ys, _ = _outputs(sparse_model.eval(), loader)
-    err = float((ys - yd).abs().max())
-    scale = float(yd.abs().max())
+    check = compare_outputs(ys, yd, VERIFY_TOL)
     pd, ps = yd.argmax(1), ys.argmax(1)
     n = int(labels.numel())
     agree = int((pd == ps).sum()) / n
-    return {"max_abs_err": err, "scale": scale, "tolerance": VERIFY_TOL,
-            "within_tolerance": err <= VERIFY_TOL * max(1.0, scale),
+    return {"max_abs_err": check.max_abs_err, "scale": check.scale, "tolerance": VERIFY_TOL,
+            "within_tolerance": check.ok,
             "prediction_agreement": agree, "same_predictions": bool((pd == ps).all()),
             "dense_top1": int((pd == labels).sum()) / n,
             "sparse_top1": int((ps == labels).sum()) / n, "n": n}
@@ -359,10 +410,11 @@ def _param_bytes(model: nn.Module) -> int:
 # ---------------------------------------------------------------------------------------------
 def optimize(model: str = "smallcnn", *, weights=None, data=None, train_data=None,
              sparsity: float = 0.9, method: str = "magnitude", epochs: int | None = None,
-             batch_sizes=(1, 64), threads: int = 2, format: str = "csr", onnx=None,
-             export_onnx=None, out_dir=DEFAULT_OUT, tune: bool = True, seed: int = 0,
+             batch_sizes=None, threads: int | None = None, format: str = "csr", onnx=None,
+             export_onnx=None, out_dir=DEFAULT_OUT, tune: bool = True, retune: bool = False,
+             seed: int = 0,
              prune_linear: bool | None = None, time_s: float = 1.0, progress: bool = True,
-             quantize=QUANT_METHODS, console=None) -> dict:
+             quantize=QUANT_METHODS, input_shape=None, console=None) -> dict:
     """Train or load a model, prune it, sparsify and tune it, verify, benchmark, write results.
 
     Parameters
@@ -384,10 +436,11 @@ def optimize(model: str = "smallcnn", *, weights=None, data=None, train_data=Non
         ``resnet20_cifar_90``); N:M and filter prune one-shot, then fine-tune with fixed masks.
     epochs : int or None
         Fine-tuning epochs during/after pruning (default: 15 for smallcnn, 0 = one-shot otherwise).
-    batch_sizes : sequence of int
-        Batches to tune and time (default 1 and 64).
-    threads : int
-        Threads for PyTorch and Numba.
+    batch_sizes : sequence of int or None
+        Batches to tune and time (default 1 and 64; label-free: the N of ``input_shape``, or 1).
+    threads : int or None
+        Threads for PyTorch and Numba (both get the same count), 1 ..
+        :func:`sparsecnn.threads.max_threads`; None: 2, or fewer on a smaller machine.
     format : str
         Sparse weight format.
     onnx : path or None
@@ -395,14 +448,25 @@ def optimize(model: str = "smallcnn", *, weights=None, data=None, train_data=Non
     export_onnx : path or None
         Write the pruned dense model to ONNX.
     out_dir : path
-        Parent folder of the results folder ``optimize-<model>-<timestamp>``.
+        Parent folder of the results folder ``optimize-<model>-<timestamp>``
+        (:mod:`sparsecnn.results`; checked before any work).
     tune : bool
         Measure kernels per layer (else heuristic / cache).
+    retune : bool
+        Measure every layer again even where the tuning cache holds a decision, and replace it
+        (a cache filled on a busy machine). Needs ``tune``.
     time_s : float
         Seconds of timed end-to-end calls per batch size.
     quantize : sequence of str
         :data:`sparsecnn.quant.METHODS` to report on the pruned model (top-1 and bytes each, see
-        :func:`quantization_report`); empty for none.
+        :func:`quantization_report`); empty for none. Skipped without labels.
+    input_shape : "N,C,H,W", sequence of 4 ints, or None
+        Label-free mode on random N(0, 1) inputs of this shape: for detection / segmentation
+        models (any tensor outputs) and models without labelled data. The job prunes one-shot,
+        sparsifies, tunes, verifies the sparse outputs against the pruned dense model, times
+        and exports, and records that accuracy was not measured (``result["accuracy"]`` is
+        None). An npz ``data`` without ``labels`` runs the same mode on its images. An ONNX
+        model with neither defaults to the static input shape its file declares.
     console : rich.console.Console or None
         Progress log.
 
@@ -420,10 +484,19 @@ def optimize(model: str = "smallcnn", *, weights=None, data=None, train_data=Non
     from . import nn as snn
     from .dispatch import cpu_model
     from .prune import evaluate, make_loader
+    from .threads import max_threads, set_threads
 
-    batch_sizes = [int(b) if isinstance(b, (int, float)) and not isinstance(b, bool) and b == int(b)
-                   else b for b in batch_sizes]
-    _check_args(model, sparsity, method, epochs, batch_sizes, threads, format, onnx)
+    if batch_sizes is not None:
+        batch_sizes = [int(b) if isinstance(b, (int, float)) and not isinstance(b, bool)
+                       and b == int(b) else b for b in batch_sizes]
+    if threads is None:
+        threads = min(2, max_threads())
+    _check_args(model, sparsity, method, epochs, batch_sizes, threads, format, onnx, time_s)
+    if retune and not tune:
+        raise ValueError("--retune measures the kernels again; it cannot go with --no-tune")
+    check_parent(out_dir)
+    if export_onnx is not None:
+        check_output_file(export_onnx, "--export-onnx")
     quantize = tuple(quantize)
     unknown = [m for m in quantize if m not in quant.METHODS]
     if unknown:
@@ -431,20 +504,43 @@ def optimize(model: str = "smallcnn", *, weights=None, data=None, train_data=Non
                          f"{list(quant.METHODS)}")
     t_start = time.perf_counter()
     sparsity = float(sparsity)
-    threads_info = _set_threads(threads)
+    threads_info = set_threads(threads)
     torch.manual_seed(seed)
     name = model if onnx is None else Path(onnx).stem
+    spec = M.spec(model) if onnx is None else None
     if epochs is None:
-        epochs = DENSE_TRAIN.get(model, {}).get("epochs", 0) if onnx is None else 0
+        epochs = (spec.dense_train or {}).get("epochs", 0) if spec is not None else 0
     if prune_linear is None:
-        prune_linear = PRUNE_LINEAR.get(model, False)
+        prune_linear = spec.prune_linear if spec is not None else False
 
     # -- data and model -------------------------------------------------------------------------
-    train_set, test_set, data_desc = _datasets(model if onnx is None else None, data, train_data) \
-        if (onnx is None or data is not None) else (None, None, None)
-    if test_set is None:
-        raise ValueError("--onnx needs --data (evaluation images)")
-    test_loader = make_loader(test_set, 256, shuffle=False)
+    if input_shape is not None and data is not None:
+        raise ValueError("give --data or --input-shape, not both")
+    if input_shape is None and data is None and onnx is not None:
+        input_shape = _onnx_static_shape(onnx)
+    if input_shape is not None:
+        input_shape = _check_input_shape(input_shape)
+        if train_data is not None:
+            raise ValueError("--train-data needs --data (labelled evaluation images), not "
+                             "--input-shape")
+        g = torch.Generator().manual_seed(seed)
+        n_img = max(input_shape[0], VERIFY_IMAGES)
+        test_set = TensorDataset(torch.randn((n_img, *input_shape[1:]), generator=g))
+        train_set = None
+        data_desc = (f"random N(0, 1) inputs of {'x'.join(map(str, input_shape[1:]))} "
+                     f"({n_img} images, seed {seed}): no labels")
+    else:
+        train_set, test_set, data_desc = _datasets(model if onnx is None else None, data,
+                                                   train_data)
+    labelled = len(test_set.tensors) > 1
+    if batch_sizes is None:
+        batch_sizes = [1, 64] if labelled else [input_shape[0] if input_shape else 1]
+    _check_batch_sizes(batch_sizes)
+    if not labelled and epochs:
+        raise ValueError("fine-tuning (epochs > 0) needs labelled training data; without labels "
+                         "(--input-shape, or an npz without 'labels') pruning is one-shot: "
+                         "pass --epochs 0")
+    test_loader = make_loader(test_set, 256 if labelled else batch_sizes[0], shuffle=False)
     images = test_set.tensors[0]
     if onnx is not None:
         from .onnx import load_onnx
@@ -453,17 +549,20 @@ def optimize(model: str = "smallcnn", *, weights=None, data=None, train_data=Non
     else:
         net = M.build(model)
         if weights is None:
-            weights = _default_weights(model)
+            weights = spec.default_weights()
         if weights is not None:
             M.load_weights(net, weights)
             weights_info = {"source": "file", "path": str(weights)}
         else:
-            _check_fits(net, images[:2], "images")
+            _check_fits(net, images[:2], "images", labelled)
             weights_info = _train_dense(net, model, train_set, test_loader, seed, progress, console)
     net.eval()
-    _check_fits(net, images[:2], "images")
-    dense_top1 = evaluate(net, test_loader)
-    _log(console, f"dense top-1 {dense_top1:.2%} on {len(test_set)} images")
+    _check_fits(net, images[:2], "images", labelled)
+    dense_top1 = evaluate(net, test_loader) if labelled else None
+    if labelled:
+        _log(console, f"dense top-1 {dense_top1:.2%} on {len(test_set)} images")
+    else:
+        _log(console, f"no labels: accuracy is not measured ({data_desc})")
 
     # -- prune ------------------------------------------------------------------------------------
     pruned = copy.deepcopy(net)
@@ -473,40 +572,45 @@ def optimize(model: str = "smallcnn", *, weights=None, data=None, train_data=Non
     pruned.eval()
     from .prune import sparsity_of
     layer_sparsity = sparsity_of(pruned)
-    pruned_top1 = evaluate(pruned, test_loader)
-    _log(console, f"pruned top-1 {pruned_top1:.2%}")
-    quant_rows = quantization_report(pruned, test_loader, quantize, pruned_top1)
+    pruned_top1 = evaluate(pruned, test_loader) if labelled else None
+    if labelled:
+        _log(console, f"pruned top-1 {pruned_top1:.2%}")
+        quant_rows = quantization_report(pruned, test_loader, quantize, pruned_top1)
+    else:
+        quant_rows = []
     for r in quant_rows:
         _log(console, f"quantized {r['method']}: top-1 {r['top1']:.2%} ({r['delta_points']:+.2f} "
                       f"points), {r['nbytes']:,} bytes")
-    export_path = None
-    if export_onnx is not None:
-        from .onnx import export_onnx as _export
-        export_path = str(_export(pruned, images[:1], export_onnx))
 
     # -- sparsify + tune ----------------------------------------------------------------------------
     sparse = copy.deepcopy(pruned)
     t0 = time.perf_counter()
-    snn.sparsify_(sparse, format=format, tune=tune, example_input=_batch(images, batch_sizes[0]),
+    example = _batch(images, batch_sizes[0])
+    # with retune, sparsify_ only converts; every batch is then measured afresh by tune_
+    snn.sparsify_(sparse, format=format, tune=tune and not retune, example_input=example,
                   min_sparsity=0.5)
-    for b in batch_sizes[1:]:
-        if tune:
-            snn.tune_(sparse, _batch(images, b))
+    for i, b in enumerate(batch_sizes):
+        if tune and (retune or i > 0):
+            snn.tune_(sparse, _batch(images, b), retune=retune)
     tune_s = time.perf_counter() - t0
     try:
-        sparse_run = snn.compact(sparse)
+        sparse_run = snn.compact(sparse, example_input=example)
     except TypeError:
         sparse_run = sparse
     _log(console, f"sparsified and tuned in {tune_s:.1f} s")
 
     # -- verify -------------------------------------------------------------------------------------
     check = verify(sparse_run, pruned, test_loader)
-    _log(console, f"verify: max |err| {check['max_abs_err']:.2e}, predictions agree "
-                  f"{check['prediction_agreement']:.2%}")
+    _log(console, f"verify: max |err| {check['max_abs_err']:.2e}"
+         + (f", predictions agree {check['prediction_agreement']:.2%}" if labelled else ""))
 
     # -- benchmark ----------------------------------------------------------------------------------
     folded = copy.deepcopy(pruned)
-    snn.fold_batchnorm(folded)
+    notes = []
+    if snn.fusion.try_trace(folded) is not None:
+        snn.fold_batchnorm(folded, example_input=example)
+    else:
+        notes.append("dense_bn_folded = dense: the model is not fx-traceable, nothing folded")
     timing = {}
     for b in batch_sizes:
         x = _batch(images, b)
@@ -519,14 +623,18 @@ def optimize(model: str = "smallcnn", *, weights=None, data=None, train_data=Non
                       f"{t['sparse']['median_ms']:.3f} ms, {t['speedup']:.2f}x")
 
     sizes = snn.model_nbytes(sparse)
+    if not labelled:
+        notes.insert(0, "accuracy was NOT measured: no labels (label-free mode); the sparse "
+                        "model's outputs were compared with the pruned dense model's instead")
     result = {
         "job": "optimize", "model": name, "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "data": data_desc, "weights": weights_info, "threads": threads_info, "format": format,
-        "seed": seed, "batch_sizes": batch_sizes,
+        "seed": seed, "batch_sizes": batch_sizes, "labelled": labelled,
+        "input_shape": list(images.shape[1:]),
         "cpu": cpu_model(),
         "torch": torch.__version__,
-        "accuracy": {"dense_top1": dense_top1, "pruned_top1": pruned_top1,
-                     "sparse_top1": check["sparse_top1"], "n": check["n"]},
+        "accuracy": ({"dense_top1": dense_top1, "pruned_top1": pruned_top1,
+                      "sparse_top1": check["sparse_top1"], "n": check["n"]} if labelled else None),
         "pruning": {**prune_info, "layer_sparsity": layer_sparsity},
         "quantization": quant_rows,
         "verify": check,
@@ -534,141 +642,33 @@ def optimize(model: str = "smallcnn", *, weights=None, data=None, train_data=Non
         "latency": timing,
         "model_bytes": {"dense": _param_bytes(pruned), "sparse": sizes["nbytes"],
                         "sparse_layers_dense_equivalent": sizes["dense_nbytes"]},
-        "tune_seconds": tune_s, "export_onnx": export_path,
-        "notes": ["dense = the pruned model as trained (eval mode, BatchNorm not folded); "
-                  "dense_bn_folded = same with BatchNorm folded; sparse = BN folded, ReLU fused, "
-                  "per-layer kernels, fx-compacted",
-                  "per-layer times are the tuner's medians on each layer's real input "
-                  "('(cached)': measured by an earlier run with the same key, see "
-                  "sparsecnn.dispatch.cache_key)",
-                  f"verification tolerance: max|err| <= {VERIFY_TOL} x max(1, max|y_dense|)"],
+        "tune_seconds": tune_s, "export_onnx": None,
+        "notes": notes + [
+            "dense = the pruned model as trained (eval mode, BatchNorm not folded); "
+            "dense_bn_folded = same with BatchNorm folded; sparse = BN folded, ReLU fused, "
+            "per-layer kernels, fx-compacted",
+            "per-layer times are the tuner's medians on each layer's real input "
+            "('(cached)': measured by an earlier run with the same key, see "
+            "sparsecnn.dispatch.cache_key)",
+            f"verification tolerance: max|err| <= {VERIFY_TOL} x max(1, max|y_dense|)"],
     }
+    # -- outputs, all at the end (an interrupted run writes nothing) -----------------------------
+    if export_onnx is not None:
+        from .onnx import export_onnx as _export
+        result["export_onnx"] = str(_export(pruned, images[:1], export_onnx))
+        _log(console, f"exported the pruned dense model to {export_onnx} (dynamic N, H, W)")
     result["seconds"] = time.perf_counter() - t_start
     result["results_dir"] = str(_write_results(result, sparse, out_dir))
     return result
 
 
 def _write_results(result: dict, sparse_model: nn.Module, out_dir) -> Path:
-    """Write results.json, summary.md and model.pt into a new folder, atomically (temp folder in
-    ``out_dir``, then rename); an existing folder is never touched."""
+    """Write results.json, summary.md and model.pt into a new results folder
+    (:func:`sparsecnn.results.results_folder`: atomic, an existing folder is never touched)."""
     from . import nn as snn
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    final = out_dir / f"optimize-{result['model']}-{stamp}"
-    k = 1
-    while final.exists():
-        final = out_dir / f"optimize-{result['model']}-{stamp}-{k}"
-        k += 1
-    result["results_dir"] = str(final)
-    with atomic_dir(final) as tmp:
+    with results_folder(out_dir, "optimize", result["model"]) as (tmp, final):
+        result["results_dir"] = str(final)
         snn.save(sparse_model, tmp / "model.pt")
         (tmp / "results.json").write_text(json.dumps(result, indent=1, default=str))
         (tmp / "summary.md").write_text(render_summary(result))
     return final
-
-
-# ---------------------------------------------------------------------------------------------
-# rendering
-# ---------------------------------------------------------------------------------------------
-def _fmt(v, spec=".3f", none="-"):
-    return none if v is None else format(v, spec)
-
-
-def layer_rows(result: dict, batch) -> list[list[str]]:
-    """Rows of the per-layer table for ``batch``: name, shape, sparsity, kernel, dense ms,
-    chosen ms, speedup."""
-    rows = []
-    for r in result["layers"][str(batch)]:
-        name = r["name"] + (" (cached)" if r.get("cached") else "")
-        rows.append([name, "x".join(map(str, r["shape"])), f"{r['sparsity']:.1%}",
-                     r["kernel"] + (" +relu" if r["relu"] else ""), _fmt(r["dense_ms"]),
-                     _fmt(r["chosen_ms"]), _fmt(r["speedup"], ".2f") + "x" if r["speedup"] else "-"])
-    return rows
-
-
-def render_summary(result: dict) -> str:
-    """Markdown summary of an :func:`optimize` result."""
-    acc, ver, mb = result["accuracy"], result["verify"], result["model_bytes"]
-    lines = [f"# sparsecnn optimize: {result['model']}", "",
-             f"- data: {result['data']}; weights: {result['weights'].get('source')} "
-             f"{result['weights'].get('path', '')}",
-             f"- pruning: {result['pruning']['method']} to {result['pruning']['target_sparsity']:.0%}, "
-             f"{result['pruning'].get('schedule', result['pruning'].get('note', ''))}",
-             f"- threads: torch {result['threads']['torch']}, numba {result['threads']['numba']}; "
-             f"CPU: {result['cpu']}; format {result['format']}", "",
-             "## Accuracy (top-1)", "", "| dense | pruned | sparse-executed |", "| --- | --- | --- |",
-             f"| {acc['dense_top1']:.2%} | {acc['pruned_top1']:.2%} | {acc['sparse_top1']:.2%} |", "",
-             f"Sparse vs pruned dense on {ver['n']} images: max |err| {ver['max_abs_err']:.2e} "
-             f"(tolerance {ver['tolerance']} x max(1, {ver['scale']:.3g})), "
-             f"{'within' if ver['within_tolerance'] else 'OUTSIDE'} tolerance; top-1 predictions "
-             f"agree on {ver['prediction_agreement']:.2%}.", "",
-             "## End-to-end latency (median ms, one process, alternating blocks of 20 calls)", "",
-             "| batch | dense (BN not folded) | dense, BN folded | sparse | speedup vs dense | vs folded |",
-             "| --- | --- | --- | --- | --- | --- |"]
-    for b, t in result["latency"].items():
-        lines.append(f"| {b} | {t['dense']['median_ms']:.3f} | {t['dense_bn_folded']['median_ms']:.3f} "
-                     f"| {t['sparse']['median_ms']:.3f} | {t['speedup']:.2f}x | "
-                     f"{t['speedup_vs_folded']:.2f}x |")
-    lines += ["", f"Model bytes: dense {mb['dense']:,} B, sparse {mb['sparse']:,} B "
-              f"({mb['dense'] / max(mb['sparse'], 1):.2f}x smaller).", ""]
-    if result.get("quantization"):
-        lines += ["## Quantization of the pruned weights (CSR storage, fake-quantized top-1)", "",
-                  "| method | top-1 | change (points) | bytes | fp32 CSR bytes | ratio |",
-                  "| --- | --- | --- | --- | --- | --- |"]
-        lines += [f"| {r['method']} | {r['top1']:.2%} | {r['delta_points']:+.2f} | {r['nbytes']:,} "
-                  f"| {r['fp32_nbytes']:,} | {r['ratio']:.2f}x |" for r in result["quantization"]]
-        lines.append("")
-    for b in result["batch_sizes"]:
-        lines += [f"## Per layer, batch {b} (tuner medians, ms)", "",
-                  "| layer | shape | sparsity | kernel | dense ms | chosen ms | speedup |",
-                  "| --- | --- | --- | --- | --- | --- | --- |"]
-        lines += ["| " + " | ".join(r) + " |" for r in layer_rows(result, b)]
-        rejected = [f"{r['name']}: {x}" for r in result["layers"][str(b)] for x in r["rejected"]]
-        if rejected:
-            lines += ["", "Rejected kernels: " + "; ".join(rejected)]
-        lines.append("")
-    lines += ["## Notes", ""] + [f"- {n}" for n in result["notes"]] + [""]
-    return "\n".join(lines)
-
-
-def print_summary(result: dict, console=None) -> None:
-    """Print the per-layer tables, accuracy, latency and size with rich."""
-    from rich.console import Console
-    from rich.table import Table
-    console = console or Console()
-    for b in result["batch_sizes"]:
-        t = Table(title=f"{result['model']}: per layer, batch {b} (tuner medians)")
-        for col in ("layer", "shape", "sparsity", "kernel", "dense ms", "chosen ms", "speedup"):
-            t.add_column(col, justify="left" if col in ("layer", "kernel") else "right")
-        for row in layer_rows(result, b):
-            t.add_row(*row)
-        console.print(t)
-    acc, ver = result["accuracy"], result["verify"]
-    t = Table(title="top-1 accuracy")
-    for col in ("dense", "pruned", "sparse-executed", "predictions agree", "max |err|"):
-        t.add_column(col, justify="right")
-    t.add_row(f"{acc['dense_top1']:.2%}", f"{acc['pruned_top1']:.2%}", f"{acc['sparse_top1']:.2%}",
-              f"{ver['prediction_agreement']:.2%}", f"{ver['max_abs_err']:.1e}")
-    console.print(t)
-    t = Table(title="end-to-end latency (median ms)")
-    for col in ("batch", "dense", "dense BN folded", "sparse", "speedup", "vs folded"):
-        t.add_column(col, justify="right")
-    for b, v in result["latency"].items():
-        t.add_row(b, f"{v['dense']['median_ms']:.3f}", f"{v['dense_bn_folded']['median_ms']:.3f}",
-                  f"{v['sparse']['median_ms']:.3f}", f"{v['speedup']:.2f}x",
-                  f"{v['speedup_vs_folded']:.2f}x")
-    console.print(t)
-    mb = result["model_bytes"]
-    console.print(f"model bytes: dense {mb['dense']:,}  sparse {mb['sparse']:,}  "
-                  f"({mb['dense'] / max(mb['sparse'], 1):.2f}x smaller)")
-    if result.get("quantization"):
-        t = Table(title="quantized pruned weights (CSR storage; kernels still run fp32)")
-        for col in ("method", "top-1", "change (points)", "bytes", "vs fp32 CSR"):
-            t.add_column(col, justify="left" if col == "method" else "right")
-        for r in result["quantization"]:
-            t.add_row(r["method"], f"{r['top1']:.2%}", f"{r['delta_points']:+.2f}",
-                      f"{r['nbytes']:,}", f"{r['ratio']:.2f}x smaller")
-        console.print(t)
-    console.print(f"results: {result['results_dir']}")
-

@@ -160,6 +160,63 @@ class ConvProblem(Problem):
         return 2 * self.N * self.K * (self.C // self.groups) * self.R * self.S * self.OH * self.OW
 
 
+def pool_output_size(size: int, kernel: int, stride: int, padding: int, dilation: int,
+                     ceil_mode: bool) -> int:
+    """Output length of ``torch.nn.functional.max_pool2d`` along one axis (a window that would
+    start in the right padding is dropped in ``ceil_mode``)."""
+    span = size + 2 * padding - dilation * (kernel - 1) - 1
+    out = (-(-span // stride) if ceil_mode else span // stride) + 1
+    if ceil_mode and (out - 1) * stride >= size + padding:
+        out -= 1
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class ConvPoolProblem(ConvProblem):
+    """A 2-D convolution, its (fused) ReLU, then a 2-D max-pooling of its output, as one call
+    (op ``"conv2d_pool"``): what a fused convolution + pooling kernel computes (ECR / PECR, Xu
+    et al. 2019) and the fx rewrite of ``conv -> [ReLU] -> MaxPool2d`` produces.
+
+    Attributes
+    ----------
+    (those of :class:`ConvProblem`, the convolution's), and
+    pool_kernel, pool_stride, pool_padding, pool_dilation : tuple of (int, int)
+        The max-pooling's window, stride, padding (implicit ``-inf``) and dilation.
+    ceil_mode : bool
+        As ``torch.nn.functional.max_pool2d``.
+    """
+
+    op: ClassVar[str] = "conv2d_pool"
+    pool_kernel: tuple = (2, 2)
+    pool_stride: tuple = (2, 2)
+    pool_padding: tuple = (0, 0)
+    pool_dilation: tuple = (1, 1)
+    ceil_mode: bool = False
+
+    @property
+    def PH(self) -> int:  # noqa: N802 - pooled height
+        return pool_output_size(self.OH, self.pool_kernel[0], self.pool_stride[0],
+                                self.pool_padding[0], self.pool_dilation[0], self.ceil_mode)
+
+    @property
+    def PW(self) -> int:  # noqa: N802 - pooled width
+        return pool_output_size(self.OW, self.pool_kernel[1], self.pool_stride[1],
+                                self.pool_padding[1], self.pool_dilation[1], self.ceil_mode)
+
+    @property
+    def conv_shape(self) -> tuple[int, int, int, int]:
+        """``(N, K, OH, OW)``: the convolution's output (before pooling)."""
+        return (self.N, self.K, self.OH, self.OW)
+
+    @property
+    def out_shape(self) -> tuple[int, int, int, int]:
+        return (self.N, self.K, self.PH, self.PW)
+
+    def conv_problem(self) -> ConvProblem:
+        """The convolution alone (with the fused ReLU) as a :class:`ConvProblem`."""
+        return ConvProblem(*(getattr(self, f.name) for f in dataclasses.fields(ConvProblem)))
+
+
 @dataclass(frozen=True, slots=True)
 class LinearProblem(Problem):
     """One fully connected call ``y = x W^T + b`` on a 2-D input ``(B, in_features)``."""
@@ -207,5 +264,5 @@ def dtype_name(dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-__all__ = ["Problem", "ConvProblem", "LinearProblem", "OPS", "problem_for", "conv_output_size",
-           "dtype_name"]
+__all__ = ["Problem", "ConvProblem", "ConvPoolProblem", "LinearProblem", "OPS", "problem_for",
+           "conv_output_size", "pool_output_size", "dtype_name"]

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..checks import compare_outputs
 from ._common import conv_weight, filter_nnz
 
 
@@ -211,6 +212,12 @@ def hybrid_estimate(blocks: dict, rates: dict) -> dict:
         ``speedup_vs_dense`` (> 1 means the hybrid is estimated faster).
     """
     pix = rates["output_pixels"]
+    if blocks["block_elements"] == 0:  # nothing runs dense: the plan is the sparse kernel alone
+        return {"dense_ms": rates["dense_ms"], "sparse_ms": rates["sparse_ms"],
+                "hybrid_dense_part_ms": 0.0, "hybrid_sparse_part_ms": rates["sparse_ms"],
+                "hybrid_ms": rates["sparse_ms"], "speedup_vs_sparse": 1.0,
+                "speedup_vs_dense": rates["dense_ms"] / rates["sparse_ms"]
+                if rates["sparse_ms"] else float("inf"), "same_as_sparse": True}
     dpart = 2 * blocks["block_elements"] * pix / (rates["dense_gflops"] * 1e6)
     spart = 2 * (blocks["nnz"] - blocks["block_nnz"]) * pix / (max(rates["sparse_useful_gflops"], 1e-12) * 1e6)
     hyb = dpart + spart
@@ -219,6 +226,7 @@ def hybrid_estimate(blocks: dict, rates: dict) -> dict:
         "hybrid_dense_part_ms": dpart, "hybrid_sparse_part_ms": spart, "hybrid_ms": hyb,
         "speedup_vs_sparse": rates["sparse_ms"] / hyb if hyb else float("inf"),
         "speedup_vs_dense": rates["dense_ms"] / hyb if hyb else float("inf"),
+        "same_as_sparse": False,
     }
 
 
@@ -235,10 +243,11 @@ def measure_hybrid(weight, blocks: dict, x: torch.Tensor, stride=(1, 1), padding
     -------
     dict
         ``hybrid_ms``, ``dense_ms``, ``sparse_ms`` (median wall times, ms; the hybrid's includes
-        the gathers and adds), the rates of :func:`measure_rates` from the same runs
+        the gathers and adds; with no dense block the hybrid plan is the sparse run itself, so
+        ``hybrid_ms`` is ``sparse_ms`` and ``same_as_sparse`` is True), the rates of :func:`measure_rates` from the same runs
         (``dense_gflops``, ``sparse_useful_gflops``, ``output_pixels``: so the result can be
         given to :func:`hybrid_estimate`), ``max_abs_err`` against the full dense convolution, ``matches``
-        (``torch.allclose`` at rtol 1e-4, atol 1e-4 x max |y|), ``sparse_kernel``, ``nblocks``.
+        (:func:`sparsecnn.checks.compare_outputs`), ``sparse_kernel``, ``nblocks``.
 
     Raises
     ------
@@ -266,18 +275,24 @@ def measure_hybrid(weight, blocks: dict, x: torch.Tensor, stride=(1, 1), padding
     with torch.no_grad():
         ref = F.conv2d(x, wt, None, stride, padding, dilation)
         y = run()
-        err = float((y - ref).abs().max()) if ref.numel() else 0.0
-        scale = float(ref.abs().max()) if ref.numel() else 0.0
-        ok = bool(torch.allclose(y, ref, rtol=1e-4, atol=1e-4 * max(scale, 1e-6)))
+        chk = compare_outputs(y, ref)
+        err, ok = chk.max_abs_err, chk.ok
         if not ok:
             raise ValueError(f"hybrid output differs from the full convolution (max abs error {err:.3g})")
-        ms = interleaved_ms({
-            "dense": lambda: F.conv2d(x, wt, None, stride, padding, dilation),
-            "sparse": lambda: conv2d(x, ws_all, None, stride, padding, dilation, algo=kname),
-            "hybrid": run}, repeats)
+        fns = {"dense": lambda: F.conv2d(x, wt, None, stride, padding, dilation),
+               "sparse": lambda: conv2d(x, ws_all, None, stride, padding, dilation, algo=kname)}
+        if parts:
+            fns["hybrid"] = run
+        ms = interleaved_ms(fns, repeats)
+    # no dense block: the hybrid plan *is* the sparse run (same kernel, same weight); timing it
+    # again would only show noise as a difference
+    same = not parts
+    if same:
+        ms["hybrid"] = ms["sparse"]
     n, _, oh, ow = ref.shape
     pix = n * oh * ow
     return {"hybrid_ms": ms["hybrid"], "dense_ms": ms["dense"], "sparse_ms": ms["sparse"],
+            "same_as_sparse": same,
             "dense_gflops": 2 * w.size * pix / (ms["dense"] * 1e6),
             "sparse_useful_gflops": 2 * ws_all.nnz * pix / (ms["sparse"] * 1e6),
             "output_pixels": pix, "max_abs_err": err, "matches": ok, "sparse_kernel": kname,

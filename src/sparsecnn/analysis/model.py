@@ -11,6 +11,7 @@ import torch
 from .balance import load_balance
 from .blocks import dense_blocks, hybrid_estimate, measure_hybrid
 from .breakeven import break_even_curves
+from .encodings import model_index_encodings
 from .ineffectual import capture_activation_counts, ineffectual_work
 from .sparsity import density_profile, model_sparsity
 from .sweep import DEFAULT_FRACTIONS, accuracy_evaluator, threshold_sweep
@@ -108,6 +109,8 @@ def analyse_model(model: torch.nn.Module, layers=None, *, inputs: torch.Tensor |
         input_shape), ``weights`` (name -> float32 ndarray), ``summary`` (:func:`model_sparsity`
         rows), ``profiles``, ``balance``, ``blocks`` (name -> the matching analysis),
         ``hybrid`` (name -> {``rates``, ``estimate``, ``measured``} or {``unavailable``}),
+        ``encodings`` ({``rows``: :func:`~sparsecnn.analysis.model_index_encodings` per layer +
+        total, ``rows_64pe``: the same with EIE's rows over 64 PEs}),
         ``sweep`` ({``rows``} or {``unavailable``}), ``ineffectual`` ({``layers``: name -> ...,
         ``input_source``} or {``unavailable``}), ``break_even`` (name -> ... when ``bench``),
         ``timings_s`` (step -> seconds).
@@ -168,6 +171,9 @@ def analyse_model(model: torch.nn.Module, layers=None, *, inputs: torch.Tensor |
         for n in names:
             out["profiles"][n] = density_profile(weights[n])
             adv()
+    with step("accelerator index encodings"):
+        out["encodings"] = {"rows": model_index_encodings(weights), "n_pe": 1,
+                            "rows_64pe": model_index_encodings(weights, n_pe=64)}
     with step("load balance"):
         out["balance"] = {n: load_balance(weights[n], threads) for n in names}
     with step("dense blocks"):

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import functional, timing
+from ..checks import TOLERANCE, compare_outputs
 from ..formats import FORMATS, to_sparse
 from ..kernels import registry
 from ..kernels.capabilities import target
@@ -50,7 +51,7 @@ DENSE = "dense"
 DENSE_DESCRIPTION = "torch.nn.functional.conv2d (oneDNN), dense pruned weight"
 WEIGHTS_DESCRIPTION = ("random N(0, 2/(C*R*S)) weights, unstructured magnitude pruning per layer "
                        "(seeded); random N(0, 1) input (seeded)")
-RTOL = 1e-4  # max |y - y_dense| allowed, relative to max(1, max |y_dense|)
+RTOL = TOLERANCE  # max |y - y_dense| allowed, relative to max(1, max |y_dense|)
 
 #: Keys of every row, in CSV column order.
 ROW_KEYS: tuple[str, ...] = (
@@ -336,9 +337,8 @@ def time_layer(spec, sparsity: float, batch: int, kernels=None, threads: int = D
             elif y.shape != ref.shape:
                 err, status = math.inf, f"MISMATCH (shape {tuple(y.shape)} != {tuple(ref.shape)})"
             else:
-                err = float((y - ref).abs().max())
-                ok = err <= rtol * max(1.0, float(ref.abs().max()))
-                status = "ok" if ok else "MISMATCH"
+                chk = compare_outputs(y, ref, rtol)
+                err, status = chk.max_abs_err, "ok" if chk.ok else "MISMATCH"
             del y
             row.update(first_call_ms=first_ms, max_abs_err=err, status=status)
             rows.append(row)

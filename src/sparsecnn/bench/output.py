@@ -330,13 +330,9 @@ def plot_speedup(rows, path_stem, title: str | None = None) -> list[Path]:
     return out
 
 
-def default_out_dir(root="sparsecnn-results") -> Path:
-    """``<root>/bench-<YYYYmmdd-HHMMSS>`` (local time)."""
-    return Path(root) / f"bench-{_dt.datetime.now():%Y%m%d-%H%M%S}"
-
-
 def write_results(rows, meta: dict, out_dir, plot: bool = True) -> Path:
-    """Write ``bench.csv``, ``bench.json`` and ``speedup.png``/``.svg`` into ``out_dir``, atomically.
+    """Write ``bench.csv``, ``bench.json`` and ``speedup.png``/``.svg`` into ``out_dir``, atomically
+    (the job picks ``out_dir`` by :mod:`sparsecnn.results`' policy).
 
     The files are written into a temporary sibling folder that is renamed to ``out_dir`` only
     when all are complete, so ``out_dir`` either does not exist or holds a full result.

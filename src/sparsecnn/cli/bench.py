@@ -11,9 +11,8 @@ from __future__ import annotations
 import os
 import re
 import sys
-import time
-from pathlib import Path
 
+from ..results import DEFAULT_PARENT
 from .main import UsageError
 
 
@@ -54,8 +53,9 @@ def add_parser(subparsers) -> None:
                         "name, or 'host'; the benchmark reruns itself in a subprocess with "
                         "NUMBA_CPU_NAME / NUMBA_CPU_FEATURES set (Numba reads them at import). "
                         "Only kernels the target can run are offered; dense PyTorch is unchanged")
-    p.add_argument("--out", metavar="DIR",
-                   help="results folder (must not exist); default sparsecnn-results/bench-<timestamp>")
+    p.add_argument("--out", metavar="DIR", default=DEFAULT_PARENT,
+                   help="parent folder of the new results folder bench-<suite>-<time> "
+                        "(default: %(default)s)")
     p.add_argument("--no-plot", action="store_true", help="skip speedup.png/.svg")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--list", action="store_true",
@@ -149,37 +149,21 @@ def run(args) -> int:
     if args.target is not None and os.environ.get(TARGET_ENV) != args.target:
         return _rerun_for_target(args)
 
-    from ..bench import Benchmark, machine_info, render_tables, select_layers, write_results
-    from ..bench.output import default_out_dir
-    from ..timing import other_runnable
+    from ..bench.job import bench
 
     # piped output: wide rather than wrapped (rich assumes 80 columns off a terminal)
     console = Console(width=None if sys.stdout.isatty() else 160)
     if args.list:
         return _list(console)
-    try:
-        specs = select_layers(args.suite, args.layers)
-        bench = Benchmark(tuple(specs), tuple(args.sparsities), args.kernels and tuple(args.kernels),
-                          tuple(args.batch), args.threads, args.seed, args.min_time,
-                          args.max_time).resolved()
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
-    out = default_out_dir() if args.out is None else Path(args.out)
-    if out.exists():
-        raise UsageError(f"results folder {out} already exists; choose another --out")
-    meta = {"benchmark": bench.declaration(), "machine": machine_info(bench.threads)}
-    t0 = time.perf_counter()
-    rows = bench.run(progress=not args.no_progress)
-    meta["run"] = {"elapsed_s": round(time.perf_counter() - t0, 1),
-                   "load_average_1min_end": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
-                   "other_runnable_end": other_runnable()}
-    render_tables(rows, meta, console)
-    path = write_results(rows, meta, out, plot=not args.no_plot)
+    res = bench(suite=args.suite, layers=args.layers, sparsities=args.sparsities,
+                kernels=args.kernels, batches=args.batch, threads=args.threads, seed=args.seed,
+                min_time=args.min_time, max_time=args.max_time, out=args.out,
+                plot=not args.no_plot, progress=not args.no_progress, console=console)
+    path = res["path"]
     files = ", ".join(sorted(p.name for p in path.iterdir()))
-    console.print(f"results: {path}/ ({files}); sweep took {meta['run']['elapsed_s']:.0f} s")
-    bad = [r for r in rows if r["status"] != "ok" and r["status"] != "unsupported"]
-    if bad:
-        console.print(f"[bold red]{len(bad)} row(s) with a kernel output mismatch or error "
-                      "(see the status column); exit code 1[/]")
+    console.print(f"results: {path}/ ({files}); sweep took {res['meta']['run']['elapsed_s']:.0f} s")
+    if res["failed"]:
+        console.print(f"[bold red]{len(res['failed'])} row(s) with a kernel output mismatch or "
+                      "error (see the status column); exit code 1[/]")
         return 1
     return 0

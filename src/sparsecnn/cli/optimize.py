@@ -27,7 +27,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                     "PyTorch, and write a results folder.")
     p.add_argument("--model", default="smallcnn", choices=NAMES, help="model (default smallcnn)")
     p.add_argument("--weights", metavar="FILE", help="checkpoint (.th/.pt state dict)")
-    p.add_argument("--data", metavar="NPZ", help="evaluation images (npz: images uint8 (N,3,H,W), labels)")
+    p.add_argument("--data", metavar="NPZ",
+                   help="evaluation images (npz: images uint8 (N,3,H,W), labels); without "
+                        "'labels' (images uint8 or float32 (N,C,H,W)): label-free mode")
+    p.add_argument("--input-shape", metavar="N,C,H,W",
+                   help="label-free mode on random inputs of this shape (detection / "
+                        "segmentation models, no labels): prune one-shot, sparsify, tune, "
+                        "verify outputs against the pruned dense model, time, export; accuracy "
+                        "is not measured. An ONNX model with a static input shape needs neither")
     p.add_argument("--train-data", metavar="NPZ", help="fine-tuning images (same npz format)")
     p.add_argument("--onnx", metavar="FILE", help="import the model from ONNX (onnx2torch)")
     p.add_argument("--export-onnx", metavar="FILE", help="write the pruned dense model to ONNX")
@@ -36,13 +43,21 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--method", default="magnitude", choices=METHODS, help="pruning method")
     p.add_argument("--epochs", type=int, default=None,
                    help="fine-tuning epochs (default 15 for smallcnn, else 0 = one-shot)")
-    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 64], metavar="B")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=None, metavar="B",
+                   help="batch sizes to tune and time (default 1 64; label-free: N of the input)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="threads for PyTorch and Numba alike, 1 .. the usable cores "
+                        "(default: 2, or fewer on a smaller machine)")
     p.add_argument("--format", default="csr", help="sparse weight format (default csr)")
     p.add_argument("--no-tune", action="store_true", help="heuristic kernel choice, no measuring")
+    p.add_argument("--retune", action="store_true",
+                   help="measure every layer again even where the tuning cache holds a decision "
+                        "(and replace it), e.g. after a run on a busy machine")
     p.add_argument("--time", type=float, default=1.0, dest="time_s",
                    help="seconds of timed end-to-end runs per batch size")
-    p.add_argument("--out", default=DEFAULT_OUT, help=f"results parent folder (default {DEFAULT_OUT})")
+    p.add_argument("--out", default=DEFAULT_OUT,
+                   help=f"parent folder of the new results folder optimize-<model>-<time> "
+                        f"(default {DEFAULT_OUT}; checked before any work)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quantize", nargs="+", default=list(QUANT_METHODS), metavar="METHOD",
                    choices=[*QUANT_METHODS, "none"],
@@ -57,14 +72,7 @@ def run(args) -> int:
 
     from ..pipeline import optimize, print_summary
     console = Console(stderr=True)
-    try:
-        result = _optimize(args, optimize, console)
-    except (ValueError, TypeError, FileNotFoundError) as exc:
-        # one line for the user (some library messages span lines): same type, whitespace folded
-        msg = " ".join(str(exc).split())
-        base = FileNotFoundError if isinstance(exc, FileNotFoundError) else \
-            TypeError if isinstance(exc, TypeError) else ValueError
-        raise base(msg) from exc
+    result = _optimize(args, optimize, console)   # errors: one line, exit 2 (cli.main)
     print_summary(result, Console())
     return 0
 
@@ -74,5 +82,6 @@ def _optimize(args, optimize, console):
                     sparsity=args.sparsity, method=args.method, epochs=args.epochs,
                     batch_sizes=args.batch_sizes, threads=args.threads, format=args.format,
                     onnx=args.onnx, export_onnx=args.export_onnx, out_dir=args.out,
-                    tune=not args.no_tune, seed=args.seed, time_s=args.time_s,
-                    quantize=[m for m in args.quantize if m != "none"], console=console)
+                    tune=not args.no_tune, retune=args.retune, seed=args.seed, time_s=args.time_s,
+                    quantize=[m for m in args.quantize if m != "none"],
+                    input_shape=args.input_shape, console=console)

@@ -6,6 +6,7 @@ shared_data_dir() -> Path | None
 load_digits(test_fraction=0.2, seed=0) -> (train, test) TensorDatasets, images (N, 1, 8, 8)
 load_npz(path, normalize="cifar10") -> TensorDataset, images (N, 3, H, W)
 cifar10_subsets() -> (train, test) TensorDatasets (4660 / 846 real CIFAR-10 images)
+named_datasets(name) -> (train, test, description) of "digits" or "cifar10_subsets"
 """
 
 from __future__ import annotations
@@ -93,7 +94,7 @@ def load_digits(test_fraction: float = 0.2, seed: int = 0) -> tuple[TensorDatase
     return make(x_tr, y_tr), make(x_te, y_te)
 
 
-def load_npz(path, normalize: str | None = "cifar10") -> TensorDataset:
+def load_npz(path, normalize: str | None = "cifar10", *, labels_required: bool = True) -> TensorDataset:
     """Load images and labels from an ``.npz`` file (the shared CIFAR-10 subset format).
 
     Parameters
@@ -104,6 +105,11 @@ def load_npz(path, normalize: str | None = "cifar10") -> TensorDataset:
     normalize : {"cifar10", None}
         ``"cifar10"``: scale to [0, 1] and normalise with :data:`CIFAR10_MEAN` /
         :data:`CIFAR10_STD`; None: only scale to [0, 1].
+    labels_required : bool
+        False: a file without ``labels`` is fine (unlabelled images, for label-free jobs): it
+        gives a one-tensor dataset, ``images`` may have any channel count and be uint8 (scaled
+        to [0, 1], normalised only when ``normalize`` is given and C is 3) or float32 (taken as
+        it is, already preprocessed).
 
     Returns
     -------
@@ -124,6 +130,14 @@ def load_npz(path, normalize: str | None = "cifar10") -> TensorDataset:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"npz file not found: {path}")
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder; expected an .npz file with 'images' and 'labels'")
+    with open(path, "rb") as fh:
+        head = fh.read(6)
+    if head == b"\x93NUMPY":
+        raise ValueError(f"{path} is a single .npy array, expected an .npz archive holding "
+                         "'images' uint8 (N, 3, H, W) and 'labels' (N,): write it with "
+                         "numpy.savez(path, images=..., labels=...)")
     try:
         with np.load(path, allow_pickle=False) as npz:
             if not isinstance(npz, np.lib.npyio.NpzFile):
@@ -132,6 +146,8 @@ def load_npz(path, normalize: str | None = "cifar10") -> TensorDataset:
             files = sorted(npz.files)
     except (OSError, zipfile.BadZipFile, EOFError, ValueError, AttributeError) as exc:
         raise ValueError(f"cannot read npz file {path}: {exc}") from exc
+    if not labels_required and "images" in arrays and "labels" not in arrays:
+        return _unlabelled(path, arrays["images"], normalize)
     missing = {"images", "labels"} - set(arrays)
     if missing:
         raise ValueError(
@@ -162,6 +178,23 @@ def load_npz(path, normalize: str | None = "cifar10") -> TensorDataset:
         mean, std = _NORMALIZE[normalize]
         x = (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
     return TensorDataset(x.contiguous(), torch.from_numpy(labels.astype(np.int64)))
+
+
+def _unlabelled(path, images: np.ndarray, normalize) -> TensorDataset:
+    if images.ndim != 4 or 0 in images.shape:
+        raise ValueError(f"{path}: images shape is {images.shape}, expected (N, C, H, W)")
+    if images.dtype == np.uint8:
+        x = torch.from_numpy(images).float().div_(255.0)
+        if normalize is not None and images.shape[1] == 3:
+            mean, std = _NORMALIZE[normalize]
+            x = (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    elif images.dtype == np.float32:
+        if not np.isfinite(images).all():
+            raise ValueError(f"{path}: images hold NaN or infinite values")
+        x = torch.from_numpy(images.copy())
+    else:
+        raise ValueError(f"{path}: images dtype is {images.dtype}, expected uint8 or float32")
+    return TensorDataset(x.contiguous())
 
 
 def cifar10_subsets(data_dir=None) -> tuple[TensorDataset, TensorDataset]:
@@ -225,7 +258,32 @@ def random_crop_flip(x: torch.Tensor, generator: torch.Generator | None = None,
     return out
 
 
+#: Data sets known by name (:func:`named_datasets`, model specs, recipes).
+DATASETS = ("digits", "cifar10_subsets")
+
+
+def named_datasets(name: str):
+    """``(train, test, description)`` of a data set known by name (:data:`DATASETS`).
+
+    Raises
+    ------
+    ValueError
+        If ``name`` is unknown.
+    FileNotFoundError
+        If the data set lives in the shared data folder and that is absent.
+    """
+    if name == "digits":
+        train, test = load_digits()
+        return train, test, "scikit-learn digits 8x8 (1437 train / 360 test)"
+    if name == "cifar10_subsets":
+        train, test = cifar10_subsets()
+        return train, test, "CIFAR-10 subsets (4660 train / 846 test, shared data)"
+    raise ValueError(f"unknown dataset {name!r}; expected one of {list(DATASETS)}")
+
+
 __all__ = [
+    "DATASETS",
+    "named_datasets",
     "random_crop_flip",
     "shared_data_dir",
     "load_digits",

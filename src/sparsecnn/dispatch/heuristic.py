@@ -25,6 +25,9 @@ DENSE_ABOVE_DENSITY = 0.3
 #: wins); kernels not listed come after, by name.
 PREFERENCE = {
     "conv2d": ("direct_avx512", "direct", "im2col_spmm", "im2col_bsr"),
+    # conv + ReLU + max-pool: the conv kernels then max_pool2d, in the same order (fused
+    # kernels are chosen by measurement)
+    "conv2d_pool": ("direct_avx512", "direct", "im2col_spmm", "im2col_bsr"),
     "linear": ("spmv", "spmm", "nm"),
     "sparse_conv": ("fused", "gemm"),  # sparsecnn.spatial (bench-spatial --algos, docs/spatial.md)
 }
@@ -50,6 +53,8 @@ def heuristic(problem: Problem, *, dense_above: float = DENSE_ABOVE_DENSITY) -> 
     has_dense = "dense" in registry.names(problem.op)
     if has_dense and (problem.format == "dense" or problem.density > dense_above):
         return "dense"
+    # (candidates without a weight: kernels whose use depends on the weight, like ``hybrid``,
+    # are chosen only by measurement)
     ok = {k.name for k in registry.candidates(problem)} - {"dense"}
     if not ok:
         if not has_dense:

@@ -395,14 +395,16 @@ def _max_err(y: torch.Tensor, ref: torch.Tensor) -> tuple[float, bool]:
     return err, bool(math.isfinite(err) and err <= TOLERANCE * scale)
 
 
-def candidate_kernels(problem: Problem, names: list[str] | None = None) -> list:
+def candidate_kernels(problem: Problem, names: list[str] | None = None, weight=None) -> list:
     """The kernels tuning compares for ``problem``: ``dense`` plus every sparse candidate that can
     run it here (or those of ``names``, each checked with
-    :func:`~sparsecnn.kernels.registry.resolve`)."""
+    :func:`~sparsecnn.kernels.registry.resolve`). With ``weight``, kernels that take only some
+    weights (:attr:`~sparsecnn.kernels.registry.Kernel.weight_check`, e.g. ``hybrid``) are
+    included when they take this one."""
     if names is None:
-        ks = registry.candidates(problem)
+        ks = registry.candidates(problem, weight)
     else:
-        ks = [registry.resolve(problem, n) for n in dict.fromkeys(names)]
+        ks = [registry.resolve(problem, n, weight) for n in dict.fromkeys(names)]
     dense = registry.resolve(problem, "dense")
     return [dense, *[k for k in ks if k.name != "dense"]]
 
@@ -410,7 +412,8 @@ def candidate_kernels(problem: Problem, names: list[str] | None = None) -> list:
 def tune(problem: Problem, run: Callable[[str], torch.Tensor], *,
          candidates: list[str] | None = None, cache: TuningCache | None = None,
          use_cache: bool = True, retune: bool = False, margin: float = DEFAULT_MARGIN,
-         min_time_s: float = 0.05, max_time_s: float = 0.5, retries: int = 2) -> TuneResult:
+         min_time_s: float = 0.05, max_time_s: float = 0.5, retries: int = 2,
+         weight=None) -> TuneResult:
     """Measure the candidate kernels of one layer and return (and cache) the fastest.
 
     Parameters
@@ -435,6 +438,9 @@ def tune(problem: Problem, run: Callable[[str], torch.Tensor], *,
         Seconds of timed calls per candidate (see :func:`sparsecnn.timing.measure`).
     retries : int
         Re-measurements when other processes disturbed the measurement.
+    weight : object or None
+        The layer's weight: kernels that take only some weights (``hybrid``) are candidates when
+        they take it (and then part of the cache key); None leaves them out.
 
     Returns
     -------
@@ -449,7 +455,7 @@ def tune(problem: Problem, run: Callable[[str], torch.Tensor], *,
     """
     if not 0.0 <= margin < 1.0:
         raise ValueError(f"margin must be in [0, 1), got {margin!r}")
-    kernels = candidate_kernels(problem, candidates)
+    kernels = candidate_kernels(problem, candidates, weight)
     key = cache_key(problem, kernels)
     cache = cache or default_cache()
     names = [k.name for k in kernels]

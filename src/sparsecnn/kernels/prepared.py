@@ -125,7 +125,12 @@ class PreparedCache:
 
     def __init__(self, max_entries: int = MAX_ENTRIES, max_bytes: int = MAX_BYTES):
         self.max_entries, self.max_bytes = int(max_entries), int(max_bytes)
-        self._lock = threading.Lock()
+        # Re-entrant: a weight's finalizer (:meth:`_forget_weight`) takes the lock, and can run
+        # in a thread that holds it -- when the garbage collector, triggered by an allocation
+        # inside a locked block, frees a weight that was in a reference cycle. Evicted or
+        # cleared entries (the last reference to their weight: an entry holds it) are dropped
+        # after the lock is released, so their finalizers never run inside it.
+        self._lock = threading.RLock()
         self._entries: OrderedDict = OrderedDict()
         self._by_weight: dict[int, set] = {}
         self._nbytes = 0
@@ -143,6 +148,7 @@ class PreparedCache:
                 self.hits += 1
                 return hit
         prep = build(kernel, weight, problem)  # outside the lock: may take milliseconds
+        evicted = []  # dropped when this returns, outside the lock
         with self._lock:
             self.misses += 1
             old = self._entries.get(key)
@@ -157,22 +163,27 @@ class PreparedCache:
             self._nbytes += prep.nbytes
             while len(self._entries) > 1 and (len(self._entries) > self.max_entries
                                               or self._nbytes > self.max_bytes):
-                self._pop_oldest()
+                evicted.append(self._pop_oldest())
         return prep
 
-    def _pop_oldest(self) -> None:
+    def _pop_oldest(self) -> "Prepared":
+        """Remove the least recently used entry and return it (the caller drops it after
+        releasing the lock)."""
         key, prep = self._entries.popitem(last=False)
         self._nbytes -= prep.nbytes
         keys = self._by_weight.get(key[0])
         if keys is not None:
             keys.discard(key)
+        return prep
 
     def _forget_weight(self, wid: int) -> None:
+        dropped = []
         with self._lock:
             for key in self._by_weight.pop(wid, ()):
                 prep = self._entries.pop(key, None)
                 if prep is not None:
                     self._nbytes -= prep.nbytes
+                    dropped.append(prep)
 
     def held(self, weight) -> list[Prepared]:
         """The prepared operands currently cached for ``weight``."""
@@ -187,10 +198,11 @@ class PreparedCache:
     def clear(self) -> None:
         """Drop every entry."""
         with self._lock:
-            self._entries.clear()
+            dropped, self._entries = self._entries, OrderedDict()
             for keys in self._by_weight.values():
                 keys.clear()
             self._nbytes = 0
+        dropped.clear()  # outside the lock: may run the weights' finalizers
 
     @property
     def nbytes(self) -> int:

@@ -82,6 +82,12 @@ class Kernel:
         Input dtypes it takes (``"float32"``, ...).
     supports : callable or None
         ``supports(problem) -> bool`` for finer limits (e.g. groups); None means all.
+    weight_check : callable or None
+        ``weight_check(weight, problem) -> str | None``: why this kernel refuses this particular
+        weight (None: it takes it), for kernels that are a different computation only for some
+        weights (``hybrid`` needs a dense block). Such a kernel is offered by
+        :func:`candidates` only when given the weight, and dispatch's heuristic never picks it:
+        only a measurement does.
     version : str
         Bump on a change of behaviour the source fingerprint would not show.
     sources : tuple of str
@@ -100,6 +106,7 @@ class Kernel:
     devices: tuple[str, ...] = ("cpu",)
     dtypes: tuple[str, ...] = ("float32",)
     supports: Callable[[Problem], bool] | None = field(default=None, compare=False)
+    weight_check: Callable | None = field(default=None, compare=False)
     version: str = "1"
     sources: tuple[str, ...] = ()
     description: str = ""
@@ -113,8 +120,14 @@ class Kernel:
         """Why this kernel cannot run on this machine (missing ISA features or device), or None."""
         return _unavailable(self)
 
-    def why_not(self, problem: Problem) -> str | None:
-        """Why this kernel cannot run ``problem`` here, or None if it can."""
+    @property
+    def weight_dependent(self) -> bool:
+        """True if whether it runs depends on the weight itself (:attr:`weight_check`)."""
+        return self.weight_check is not None
+
+    def why_not(self, problem: Problem, weight=None) -> str | None:
+        """Why this kernel cannot run ``problem`` here (with ``weight``, when given), or None if
+        it can."""
         if problem.op != self.op:
             return f"kernel {self.name!r} is a {self.op} kernel, the problem is {problem.op}"
         why = self.unavailable()
@@ -130,6 +143,10 @@ class Kernel:
             return f"{self.op} kernel {self.name!r} takes {self.dtypes} input, got {problem.dtype}"
         if self.supports is not None and not self.supports(problem):
             return f"{self.op} kernel {self.name!r} does not support this problem: {problem.key()}"
+        if weight is not None and self.weight_check is not None:
+            why = self.weight_check(weight, problem)
+            if why:
+                return f"{self.op} kernel {self.name!r} refuses this weight: {why}"
         return None
 
     @property
@@ -227,20 +244,22 @@ def kernels(op: str) -> list[Kernel]:
     return [k for (o, _), k in list(_KERNELS.items()) if o == op]
 
 
-def candidates(problem: Problem) -> list[Kernel]:
-    """Kernels that can run ``problem`` on this machine (registration order)."""
-    return [k for k in kernels(problem.op) if k.why_not(problem) is None]
+def candidates(problem: Problem, weight=None) -> list[Kernel]:
+    """Kernels that can run ``problem`` on this machine (registration order). Kernels with a
+    :attr:`Kernel.weight_check` are included only when ``weight`` is given and they take it."""
+    return [k for k in kernels(problem.op)
+            if (weight is not None or k.weight_check is None) and k.why_not(problem, weight) is None]
 
 
-def resolve(problem: Problem, name: str) -> Kernel:
-    """The kernel ``name`` for ``problem``, checked.
+def resolve(problem: Problem, name: str, weight=None) -> Kernel:
+    """The kernel ``name`` for ``problem`` (and ``weight``, when given), checked.
 
     Raises
     ------
     ValueError
         Unknown name (the registered ones are listed), a weight format the kernel does not take
-        (the kernels that do are listed), a device it does not run on, or a problem outside its
-        ``supports``.
+        (the kernels that do are listed), a device it does not run on, a problem outside its
+        ``supports``, or a weight its ``weight_check`` refuses (the reason is given).
     KernelUnavailableError
         (a ValueError) If this machine lacks an ISA feature or device the kernel needs.
     TypeError
@@ -250,7 +269,7 @@ def resolve(problem: Problem, name: str) -> Kernel:
     why = kernel.unavailable()
     if why is not None:
         raise KernelUnavailableError(why)
-    why = kernel.why_not(problem)
+    why = kernel.why_not(problem, weight)
     if why is None:
         return kernel
     if problem.dtype not in kernel.dtypes:

@@ -12,6 +12,9 @@ load_weights(model, path_or_state) -> nn.Module
     Load a checkpoint (``.th``/``.pt`` file or state dict; ``module.`` prefixes stripped).
 conv_layers(model) -> list[(name, module)]
     Conv2d and Linear layers in forward order.
+spec(name) -> ModelSpec
+    What the jobs know about the model (input shape, classes, default weights and data, pruning
+    recipe): :mod:`sparsecnn.models.spec`.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import torch.nn as nn
 from .cnn import AlexNet, SmallCNN, VGG16
 from .io import conv_layers, load_weights
 from .resnet_cifar import BasicBlock, LambdaShortcut, ResNetCIFAR, resnet_cifar
+from .spec import SPECS, ModelSpec, published_weights, spec
 
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "resnet20": lambda **kw: resnet_cifar(20, **kw),
@@ -36,6 +40,7 @@ _BUILDERS: dict[str, Callable[..., nn.Module]] = {
 
 #: Names accepted by :func:`build`.
 NAMES: tuple[str, ...] = tuple(_BUILDERS)
+assert set(SPECS) == set(NAMES), "every model needs a ModelSpec (models/spec.py)"
 
 
 def build(name: str, **kw) -> nn.Module:
@@ -77,6 +82,10 @@ __all__ = [
     "build",
     "load_weights",
     "conv_layers",
+    "spec",
+    "SPECS",
+    "ModelSpec",
+    "published_weights",
     "ResNetCIFAR",
     "BasicBlock",
     "LambdaShortcut",

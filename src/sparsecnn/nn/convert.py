@@ -11,8 +11,10 @@ from torch import nn
 
 from .._atomic import atomic_path
 from ..dispatch import DEFAULT_MARGIN, tune
-from .fusion import find_relu_fusions, fold_batchnorm, fuse_relu_, try_trace
+from .fusion import (RewriteLog, check_sparsified_, find_relu_fusions, fold_batchnorm, fuse_relu_,
+                     reference_output, try_trace)
 from .modules import SparseConv2d, SparseLinear
+from .pool import find_pool_fusions, fuse_pool_
 
 SPARSE_MODULES = (SparseConv2d, SparseLinear)
 FILE_MAGIC = "sparsecnn-model"
@@ -31,7 +33,8 @@ def _sparsity(w: torch.Tensor) -> float:
 def sparsify_(model: nn.Module, *, format: str = "csr", filter_fn: Callable | None = None,
               tune: bool = True, example_input=None, min_sparsity: float = 0.5,
               fold_bn: bool = True, fuse_relu: bool = True, margin: float = DEFAULT_MARGIN,
-              use_cache: bool = True, format_options: dict | None = None) -> nn.Module:
+              use_cache: bool = True, format_options: dict | None = None,
+              fuse_pool: bool = True) -> nn.Module:
     """Convert a pruned model for sparse inference, in place.
 
     Steps: eval mode; fold ``conv -> BatchNorm`` (fx, :func:`~sparsecnn.nn.fold_batchnorm`);
@@ -60,6 +63,10 @@ def sparsify_(model: nn.Module, *, format: str = "csr", filter_fn: Callable | No
         (they still get ReLU fusion).
     fold_bn, fuse_relu : bool
         Do the graph rewrites.
+    fuse_pool : bool
+        Replace each ``conv -> [ReLU] -> MaxPool2d`` by one :class:`~sparsecnn.nn.SparseConvPool2d`
+        (:func:`~sparsecnn.nn.fuse_pool_`; tuning then compares the fused kernels with the conv
+        kernels followed by ``max_pool2d``).
     margin : float
         A sparse kernel must be this much faster than dense to be chosen (default 5 %).
     use_cache : bool
@@ -93,10 +100,13 @@ def sparsify_(model: nn.Module, *, format: str = "csr", filter_fn: Callable | No
     if format not in FORMATS:
         raise ValueError(f"unknown format {format!r}; expected one of {sorted(FORMATS)}")
     model.eval()
-    graph = try_trace(model) if (fold_bn or fuse_relu) else None
+    reference, log = reference_output(model, example_input), RewriteLog(model)
+    graph = try_trace(model) if (fold_bn or fuse_relu or fuse_pool) else None
     if graph is not None and fold_bn:
-        fold_batchnorm(model, graph=graph)
+        fold_batchnorm(model, graph=graph, example_input=example_input, log=log)
+    after_fold = log.mark()
     pairs = find_relu_fusions(model, graph=graph) if (graph is not None and fuse_relu) else {}
+    pools = find_pool_fusions(model, graph=graph) if (graph is not None and fuse_pool) else {}
 
     for name, mod in list(model.named_modules()):
         if type(mod) not in (nn.Conv2d, nn.Linear):
@@ -110,10 +120,12 @@ def sparsify_(model: nn.Module, *, format: str = "csr", filter_fn: Callable | No
         new = cls.from_dense(mod, format=format, algo=algo, **(format_options or {})).eval()
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, child, new)
-    fuse_relu_(model, pairs)
+    fuse_relu_(model, pairs, log)
+    fuse_pool_(model, pools)
     model.eval()
     if tune:
         tune_(model, example_input, margin=margin, use_cache=use_cache)
+    check_sparsified_(model, example_input, reference, log, after_fold)
     return model
 
 
@@ -170,10 +182,15 @@ def tune_(model: nn.Module, example_input, *, margin: float = DEFAULT_MARGIN,
         problem, _ = mod._problem_of(x)
         if progress is not None:
             progress(name)
-        res = tune(problem, _runner(mod, x), margin=margin, use_cache=use_cache, retune=retune)
+        # the tuning batch's activation density goes into the problem the tuner measures and
+        # caches for (a decision on 70 %-zero inputs is not reused for dense ones); the
+        # module's choice stays keyed by the input signature
+        act = float(torch.count_nonzero(x)) / max(1, x.numel())
+        res = tune(problem.replace(act_density=act), _runner(mod, x), margin=margin,
+                   use_cache=use_cache, retune=retune, weight=mod.weight)
         key = problem.key()
         mod.choices[key] = res.choice
-        mod.tuning[key] = {**res.to_dict(), "batch": problem.batch}
+        mod.tuning[key] = {**res.to_dict(), "batch": problem.batch, "act_density": act}
         mod.reset_plans()
     return model
 

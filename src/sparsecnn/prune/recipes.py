@@ -139,28 +139,6 @@ RECIPES = {"resnet20_cifar_90": resnet20_cifar_90,
            "smallcnn_digits": smallcnn_digits}
 
 
-def _datasets(name: str):
-    from .. import data
-
-    if name == "cifar10_subsets":
-        return data.cifar10_subsets()
-    if name == "digits":
-        return data.load_digits()
-    raise ValueError(f"unknown dataset {name!r}; expected 'cifar10_subsets' or 'digits'")
-
-
-def _weights_path(weights: str) -> Path:
-    from .. import data
-
-    path = Path(weights)
-    if path.is_absolute() or path.exists():
-        return path
-    shared = data.shared_data_dir()
-    if shared is None:
-        raise FileNotFoundError(f"weights {weights!r}: shared data folder not found")
-    return shared / "resnet_cifar10" / weights
-
-
 def build_start_model(recipe: Recipe) -> nn.Module:
     """The recipe's model with its starting weights loaded (or freshly initialised)."""
     from .. import models
@@ -168,7 +146,7 @@ def build_start_model(recipe: Recipe) -> nn.Module:
     torch.manual_seed(recipe.seed)
     model = models.build(recipe.model)
     if recipe.weights is not None:
-        models.load_weights(model, _weights_path(recipe.weights))
+        models.load_weights(model, models.published_weights(recipe.weights))
     return model
 
 
@@ -224,7 +202,7 @@ def run_recipe(
     from .. import data as data_mod
 
     if train_set is None or test_set is None:
-        named_train, named_test = _datasets(recipe.dataset)
+        named_train, named_test, _ = data_mod.named_datasets(recipe.dataset)
         train_set = named_train if train_set is None else train_set
         test_set = named_test if test_set is None else test_set
     train_loader = make_loader(train_set, recipe.batch_size, shuffle=True, seed=recipe.seed)

@@ -16,12 +16,54 @@ FIGURES: tuple[tuple[str, str], ...] = (
     ("dense_blocks", "Dense sub-blocks (rows and columns reordered by nnz)"),
     ("hybrid", "Hybrid plan: dense blocks + sparse rest"),
     ("memory", "Weight memory: dense vs sparse formats"),
+    ("encodings", "Accelerators' view: index encodings of Cambricon-X and EIE vs CSR"),
     ("ineffectual", "Ineffectual work: MACs with a zero operand"),
     ("threshold_sweep", "Pruning-threshold sweep"),
     ("break_even", "Break-even: speedup over dense vs sparsity"),
 )
 
 MAX_HOVER_VALUES = 600_000   # filter values carried in hover text, per layer, at most
+#: Colour map of the nnz-per-filter grids (both renderers): value 1 at ``NNZ_CMAP_START`` of it,
+#: the densest filter at its dark end, 0 white.
+NNZ_CMAP = "YlGnBu"
+NNZ_CMAP_START = 0.3
+#: Grids narrower than this many columns (depthwise: 1) are wrapped into a near-square grid.
+MIN_GRID_COLS = 4
+
+
+def nnz_max(fnnz: np.ndarray) -> int:
+    """The colour scale's top: the densest filter's real nnz (at least 1)."""
+    return max(1, int(fnnz.max()) if fnnz.size else 1)
+
+
+def grid_view(fnnz: np.ndarray) -> tuple[np.ndarray, int | None]:
+    """The K x (C/groups) nnz grid as drawn: as it is, or, when it has fewer than
+    :data:`MIN_GRID_COLS` columns (a depthwise layer's is K x 1, a 1-pixel line), its filters in
+    row-major order wrapped into a near-square grid of ``cols`` columns (NaN pads the last row).
+
+    Returns
+    -------
+    (grid float64, cols or None)
+        ``cols`` is None when the grid is not wrapped; else filter ``i = k * (C/groups) + c``
+        sits at row ``i // cols``, column ``i % cols``.
+    """
+    k, c = fnnz.shape
+    if c >= MIN_GRID_COLS or k * c <= MIN_GRID_COLS:
+        return fnnz.astype(np.float64), None
+    n = k * c
+    cols = int(np.ceil(np.sqrt(n)))
+    rows = int(np.ceil(n / cols))
+    grid = np.full(rows * cols, np.nan)
+    grid[:n] = fnnz.ravel()
+    return grid.reshape(rows, cols), cols
+
+
+def nnz_ticks(vmax: int) -> list[int]:
+    """Colour-bar ticks for integer nnz 0..vmax: every value up to 12, else about 8 steps."""
+    if vmax <= 12:
+        return list(range(vmax + 1))
+    step = int(np.ceil(vmax / 8))
+    return list(range(0, vmax + 1, step)) + ([vmax] if vmax % step else [])
 
 
 def short(name: str) -> str:

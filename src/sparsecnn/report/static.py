@@ -12,14 +12,34 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from matplotlib.colors import LinearSegmentedColormap  # noqa: E402
+from matplotlib.cm import ScalarMappable  # noqa: E402
+from matplotlib.colors import BoundaryNorm, ListedColormap  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
-from ._common import FIGURES, short  # noqa: E402
+from ._common import (FIGURES, NNZ_CMAP, NNZ_CMAP_START, grid_view, nnz_max,  # noqa: E402
+                      nnz_ticks, short)
 
-GRID_CMAP = LinearSegmentedColormap.from_list(
-    "nnz", ["#41b6c4", "#225ea8", "#081d58"]).with_extremes(under="#ffffff")
 MAX_PANELS = 64
+#: Legends sit outside the axes (below them), never on the data.
+LEGEND_BELOW = dict(loc="upper left", bbox_to_anchor=(0.0, -0.18), frameon=False)
+LEGEND_RIGHT = dict(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+
+
+def _legend(ax, n_x: int, ncol: int = 4, below=(0.0, -0.22), **kw):
+    """Legend outside the axes: below them when the x labels are few (horizontal), on the right
+    when they are rotated (they would run into a legend below)."""
+    if n_x > 4:
+        return ax.legend(fontsize=8, **LEGEND_RIGHT, **kw)
+    return ax.legend(fontsize=8, ncol=ncol, **dict(LEGEND_BELOW, bbox_to_anchor=below), **kw)
+
+
+def nnz_cmap(vmax: int):
+    """(colormap, norm) for integer nnz 0..vmax: 0 white, one colour per value (as the plotly
+    figures), so 1, 2 and 3 differ when the densest filter holds 3. NaN (padding) light grey."""
+    pos = np.linspace(NNZ_CMAP_START, 1.0, vmax) if vmax > 1 else np.array([1.0])
+    colors = [(1.0, 1.0, 1.0, 1.0)] + [tuple(c) for c in matplotlib.colormaps[NNZ_CMAP](pos)]
+    cmap = ListedColormap(colors).with_extremes(bad="#f0f0f0")
+    return cmap, BoundaryNorm(np.arange(-0.5, vmax + 1.0), cmap.N)
 
 
 def _bars_x(ax, names):
@@ -28,10 +48,20 @@ def _bars_x(ax, names):
                        ha="right" if len(names) > 4 else "center", fontsize=7 if len(names) > 12 else 9)
 
 
-def _grid(ax, fig, fnnz, rs, title):
-    im = ax.imshow(fnnz, cmap=GRID_CMAP, vmin=0.5, vmax=rs, interpolation="nearest", aspect="equal")
+def _grid(ax, fig, fnnz, vmax, title):
+    """Draw a layer's nnz grid (wrapped when it is narrow, see :func:`grid_view`)."""
+    grid, cols = grid_view(fnnz)
+    cmap, norm = nnz_cmap(vmax)
+    im = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, norm=norm, interpolation="nearest",
+                   aspect="equal")
     ax.set_title(title, fontsize=9)
-    return im
+    return im, cols
+
+
+def _colorbar(fig, im_or_mappable, ax, vmax, label, **kw):
+    cb = fig.colorbar(im_or_mappable, ax=ax, ticks=nnz_ticks(vmax), **kw)
+    cb.set_label(label)
+    return cb
 
 
 def sparsity_summary(d):
@@ -44,12 +74,13 @@ def sparsity_summary(d):
         ax.bar(np.arange(len(rows)) + (i - 1.5) * wdt, [100 * r[k] for r in rows], wdt, label=label)
     _bars_x(ax, [r["name"] for r in rows])
     ax.set_ylabel("sparsity (%)")
-    ax.set_ylim(0, 105)
-    ax.set_title("Sparsity per layer")
+    ax.set_ylim(0, 112)                      # room for a label on a 99.3 % bar
+    ax.set_yticks(range(0, 101, 20))
+    ax.set_title("Sparsity per layer", loc="left")
     if len(rows) <= 4:
         for cont in ax.containers:
-            ax.bar_label(cont, fmt="%.2f", fontsize=8)
-    ax.legend(fontsize=8, ncol=4, loc="lower center", bbox_to_anchor=(0.5, 1.06))
+            ax.bar_label(cont, fmt="%.2f", fontsize=8, clip_on=False)
+    _legend(ax, len(rows))
     return fig
 
 
@@ -59,32 +90,57 @@ def filter_grid(d):
         n = layers[0]
         w = d["weights"][n]
         k, c, r, s = w.shape
-        fig, ax = plt.subplots(figsize=(9, 9 * k / c + 1.2) if c >= k else (7, 7))
-        im = _grid(ax, fig, d["profiles"][n]["filter_nnz"], r * s,
-                   f"{n}: K={k} x C={c} filters of {r}x{s}, global density "
-                   f"{100 * d['profiles'][n]['global_density']:.2f} %")
-        ax.set_xlabel("input channel c")
-        ax.set_ylabel("output channel k")
-        cb = fig.colorbar(im, ax=ax, shrink=0.8, extend="min")
-        cb.set_label(f"nnz per {r}x{s} filter (white: 0)")
+        fnnz = d["profiles"][n]["filter_nnz"]
+        vmax = nnz_max(fnnz)
+        grid, cols = grid_view(fnnz)
+        gr, gc = grid.shape
+        fig, ax = plt.subplots(figsize=(9, 9 * gr / gc + 1.2) if gc >= gr else (7, 7))
+        im, cols = _grid(ax, fig, fnnz, vmax,
+                         f"{n}: K={k} x C/groups={c} filters of {r}x{s}, global density "
+                         f"{100 * d['profiles'][n]['global_density']:.2f} %, densest filter "
+                         f"{int(fnnz.max())} of {r * s}"
+                         + (f"\n(depthwise: the {k * c} filters wrapped, {cols} per row)"
+                            if cols is not None else ""))
+        ax.set_xlabel("input channel c" if cols is None else f"filter index mod {cols}")
+        ax.set_ylabel("output channel k" if cols is None else f"filter index // {cols}")
+        _colorbar(fig, im, ax, vmax, f"nnz per {r}x{s} filter (white: 0)", shrink=0.8)
         return fig
     ncol = min(8, math.ceil(math.sqrt(len(layers))))
     nrow = math.ceil(len(layers) / ncol)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(2.2 * ncol, 2.3 * nrow + 0.8), squeeze=False)
-    im = None
+    # one colour scale per kernel size R x S, topped by the densest filter of those layers
+    by_size: dict[tuple[int, int], list[str]] = {}
+    for n in layers:
+        by_size.setdefault(tuple(d["weights"][n].shape[2:]), []).append(n)
+    vmax = {rs: max(nnz_max(d["profiles"][n]["filter_nnz"]) for n in names)
+            for rs, names in by_size.items()}
+    bar_w = 0.9 / (2.2 * ncol + 1.2 * len(vmax))        # share of the width per colour bar
+    right = 1.0 - 1.3 * len(vmax) * bar_w * 2.2
+    fig, axes = plt.subplots(nrow, ncol, figsize=(2.2 * ncol + 1.2 * len(vmax), 2.4 * nrow + 0.9),
+                             squeeze=False,
+                             gridspec_kw=dict(left=0.02, right=right, bottom=0.02,
+                                              top=1 - 1.2 / (2.4 * nrow + 0.9),
+                                              hspace=0.55, wspace=0.25))
     for ax, n in zip(axes.flat, layers):
         w = d["weights"][n]
-        im = _grid(ax, fig, d["profiles"][n]["filter_nnz"], 9 if w.shape[2] * w.shape[3] == 9 else w.shape[2] * w.shape[3],
-                   f"{short(n)} {w.shape[0]}x{w.shape[1]}\n{100 * d['profiles'][n]['global_density']:.1f} % dense")
+        rs = tuple(w.shape[2:])
+        wrapped = grid_view(d["profiles"][n]["filter_nnz"])[1] is not None
+        _grid(ax, fig, d["profiles"][n]["filter_nnz"], vmax[rs],
+              f"{short(n)}\n{w.shape[0]}x{w.shape[1]} ({rs[0]}x{rs[1]}), "
+              f"{100 * d['profiles'][n]['global_density']:.1f} %"
+              + (", wrapped" if wrapped else ""))
+        ax.title.set_fontsize(7)
         ax.set_xticks([])
         ax.set_yticks([])
     for ax in axes.flat[len(layers):]:
         ax.axis("off")
-    fig.suptitle("Filter grids (rows: output channel k, columns: input channel c; colour: nnz per filter)",
-                 fontsize=10)
-    fig.tight_layout()
-    cb = fig.colorbar(im, ax=axes, shrink=0.6, extend="min")
-    cb.set_label("nnz per filter (white: 0)")
+    fig.suptitle("Filter grids (rows: output channel k, columns: input channel c; narrow "
+                 "(depthwise) grids wrapped; colour: nnz per filter, one scale per kernel size)",
+                 fontsize=10, x=0.02, ha="left")
+    for i, ((r, s), top) in enumerate(sorted(vmax.items())):
+        cmap, norm = nnz_cmap(top)
+        cax = fig.add_axes((right + (0.4 + 2.2 * i) * bar_w * 1.3, 0.3, bar_w * 0.6, 0.4))
+        _colorbar(fig, ScalarMappable(norm=norm, cmap=cmap), None, top,
+                  f"nnz per {r}x{s} filter", cax=cax)
     return fig
 
 
@@ -93,8 +149,13 @@ def local_density(d):
     p = d["profiles"][n]
     rs = p["filter_nnz_hist"].size - 1
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    ax.bar(range(rs + 1), np.maximum(p["filter_nnz_hist"], 0))
+    hist = np.asarray(p["filter_nnz_hist"])
+    bars = ax.bar(range(rs + 1), np.where(hist > 0, hist, np.nan))
     ax.set_yscale("log")
+    ax.set_ylim(0.25, max(1, hist.max()) * 3)   # a bin of 1 filter is a visible bar
+    if rs <= 25:
+        ax.bar_label(bars, labels=[str(v) if v > 0 else "" for v in hist], fontsize=7)
+    ax.set_xticks(range(0, rs + 1, max(1, (rs + 1) // 13 + 1)))
     ax.set_xlabel(f"nnz in the R x S filter (of {rs})")
     ax.set_ylabel("filters (count, log)")
     ax.set_title(f"{n}: global density {100 * p['global_density']:.2f} %, mean density of\n"
@@ -137,7 +198,7 @@ def load_balance(d):
     ax.set_ylabel("nnz (work units)")
     ax.set_title(f"{n}: nnz per thread, T={lb['threads']}"
                  + ("" if eng is not None else " (engine partition unavailable)"), fontsize=10)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, ncol=3, **LEGEND_BELOW)
     return fig
 
 
@@ -158,7 +219,7 @@ def load_balance_layers(d):
     _bars_x(ax, names)
     ax.set_ylabel("imbalance (max/mean nnz per thread)")
     ax.set_title(f"Load imbalance per layer, T={d['threads']}")
-    ax.legend(fontsize=8)
+    _legend(ax, len(names), ncol=2)
     return fig
 
 
@@ -167,11 +228,11 @@ def dense_blocks(d):
     b = d["blocks"].get(n)
     if b is None:
         return None
-    w = d["weights"][n]
     fnnz = d["profiles"][n]["filter_nnz"][np.ix_(b["row_order"], b["col_order"])]
     k, c = fnnz.shape
+    vmax = nnz_max(fnnz)
     fig, ax = plt.subplots(figsize=(9, 9 * k / c + 1.2) if c >= k else (7, 7))
-    im = _grid(ax, fig, fnnz, w.shape[2] * w.shape[3],
+    im, _ = _grid(ax, fig, fnnz, vmax,
                f"{n}: rows/cols reordered by nnz; {len(b['blocks'])} block(s) ≥ {100 * b['threshold']:.0f} % "
                f"dense hold {100 * b['share']:.1f} % of nnz\n(tile {b['tile'][0]}x{b['tile'][1]} filters; densest tile {100 * b['tile_density'].max():.1f} %)")
     pos = {int(r): i for i, r in enumerate(b["row_order"])}
@@ -183,8 +244,7 @@ def dense_blocks(d):
                                    ec="#d62728", lw=0.6))
     ax.set_xlabel("input channel, reordered by nnz (desc.)")
     ax.set_ylabel("output channel, reordered by nnz (desc.)")
-    cb = fig.colorbar(im, ax=ax, shrink=0.8, extend="min")
-    cb.set_label("nnz per filter (white: 0)")
+    _colorbar(fig, im, ax, vmax, "nnz per filter (white: 0)", shrink=0.8)
     return fig
 
 
@@ -193,24 +253,32 @@ def hybrid(d):
     if not ok:
         return None
     names = list(ok)
+    same = [n for n in names if ok[n]["measured"].get("same_as_sparse")]
     series = (("dense (torch)", lambda h: h["measured"]["dense_ms"]),
               ("sparse (all nnz)", lambda h: h["measured"]["sparse_ms"]),
               ("hybrid, cost model", lambda h: h["estimate"]["hybrid_ms"]),
-              ("hybrid, measured", lambda h: h["measured"]["hybrid_ms"]))
+              ("hybrid, measured", lambda h: np.nan if h["measured"].get("same_as_sparse")
+               else h["measured"]["hybrid_ms"]))
+    if len(same) == len(names):     # nothing measured: no legend entry without a bar
+        series = series[:3]
     fig, ax = plt.subplots(figsize=(6.5, 4))
     wdt = 0.8 / len(series)
     for i, (label, f) in enumerate(series):
-        ax.bar(np.arange(len(names)) + (i - 1.5) * wdt, [f(ok[n]) for n in names], wdt, label=label)
+        ax.bar(np.arange(len(names)) + (i - (len(series) - 1) / 2) * wdt, [f(ok[n]) for n in names],
+               wdt, label=label)
     _bars_x(ax, names)
     ax.set_ylabel("time (ms, median)")
-    ax.set_title("Hybrid plan vs dense and all-sparse (one image; interleaved medians)", fontsize=10)
-    ax.legend(fontsize=8)
+    ax.set_title("Hybrid plan vs dense and all-sparse (one image; interleaved medians)"
+                 + (f"\n{', '.join(short(n) for n in same)}: no dense block, the hybrid plan is "
+                    "the sparse run" if same else ""), fontsize=9)
+    _legend(ax, len(names), ncol=2, below=(0.0, -0.18))
     return fig
 
 
 def memory(d):
+    from .interactive import memory_formats
     rows = [r for r in d["summary"] if r["name"] != "total"]
-    fmts = list(rows[0]["bytes"])
+    fmts, absent = memory_formats(rows)
     fig, ax = plt.subplots(figsize=(max(6, 0.3 * len(rows) * (1 + len(fmts)) / 3 + 4), 4))
     series = [("dense", [r["dense_bytes"] for r in rows])] + [
         (f, [np.nan if r["bytes"][f] is None else r["bytes"][f] for r in rows]) for f in fmts]
@@ -224,8 +292,30 @@ def memory(d):
             ax.bar_label(cont, fmt="%.1f", fontsize=8)
     _bars_x(ax, [r["name"] for r in rows])
     ax.set_ylabel("KiB (log)")
-    ax.set_title("Weight memory per layer (float32 values)")
-    ax.legend(fontsize=8, ncol=len(series), loc="lower center", bbox_to_anchor=(0.5, 1.06))
+    ax.set_title("Weight memory per layer (float32 values)"
+                 + (f"\nnot applicable to these weights (no bar): {', '.join(absent)}"
+                    if absent else ""), fontsize=10)
+    _legend(ax, len(rows), ncol=len(series))
+    return fig
+
+
+def encodings(d):
+    enc = d.get("encodings")
+    if not enc:
+        return None
+    from .interactive import ENCODINGS, encodings_note
+
+    rows = [r for r in enc["rows"] if r["name"] != "(total)"]
+    fig, ax = plt.subplots(figsize=(max(6, 0.3 * len(rows) * len(ENCODINGS) / 3 + 4), 4.2))
+    wdt = 0.8 / len(ENCODINGS)
+    for i, (key, label) in enumerate(ENCODINGS):
+        ax.bar(np.arange(len(rows)) + (i - (len(ENCODINGS) - 1) / 2) * wdt,
+               [r[key]["bytes"] / 1024 for r in rows], wdt, label=label)
+    ax.set_yscale("log")
+    _bars_x(ax, [r["name"] for r in rows])
+    ax.set_ylabel("KiB (log)")
+    ax.set_title(f"Weight bytes in sparse accelerators' encodings\n{encodings_note(d)}", fontsize=8)
+    ax.legend(fontsize=7, ncol=2, loc="lower center", bbox_to_anchor=(0.5, 1.12))
     return fig
 
 
@@ -251,7 +341,7 @@ def ineffectual(d):
     from .interactive import ineffectual_totals
 
     ax.set_title(f"{ineffectual_totals(L)}\nactivations measured on {ie['images']} images of: {ie['input_source']}", fontsize=8)
-    ax.legend(fontsize=8, ncol=4, loc="lower center", bbox_to_anchor=(0.5, 1.08))
+    _legend(ax, len(names))
     return fig
 
 
@@ -276,9 +366,10 @@ def threshold_sweep(d):
         ax2.set_ylim(0, 100)
         handles += h2
         labels += [h2[0].get_label()]
-    ax.legend(handles, labels, fontsize=7, loc="lower left")
-    ax.set_title(f"Density vs threshold (dotted: this report's weights, {100 * sw['current_density']:.2f} %)",
-                 fontsize=10)
+    ax.legend(handles, labels, fontsize=7, ncol=3, **LEGEND_BELOW)
+    from .interactive import own_weights_text, sweep_source
+    ax.set_title(f"Pruning-threshold sweep of the {sweep_source(d)} weights (what-if, one-shot)\n"
+                 f"dotted: this report's own weights: {own_weights_text(d)}", fontsize=9)
     return fig
 
 
@@ -320,7 +411,7 @@ def break_even(d):
     ax.set_xlabel("sparsity (%; axis spaced by log density)")
     ax.set_ylabel("speedup over dense (x, log)")
     ax.set_title("Speedup over dense vs sparsity on the layer's shape (batch 1)", fontsize=10)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, ncol=2, **LEGEND_BELOW)
     return fig
 
 

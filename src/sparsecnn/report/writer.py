@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import html
 import json
+import re
 import time
 from pathlib import Path
 
@@ -18,6 +19,13 @@ from .._atomic import atomic_dir
 from ._common import FIGURES
 
 MARKER = "report.json"
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def file_stem(layer: str) -> str:
+    """A layer name as a file-name part: ``/`` (ONNX node names) and other characters that are
+    not letters, digits, ``.``, ``_`` or ``-`` become ``_``."""
+    return _UNSAFE.sub("_", layer).strip("_") or "layer"
 
 
 def _jsonable(obj):
@@ -90,6 +98,14 @@ def tables(d: dict) -> dict[str, list[dict]]:
             "dense_ms": h["measured"]["dense_ms"], "sparse_ms": h["measured"]["sparse_ms"],
             "hybrid_est_ms": h["estimate"]["hybrid_ms"], "hybrid_measured_ms": h["measured"]["hybrid_ms"],
             "hybrid_max_abs_err": h["measured"]["max_abs_err"], "unavailable": None})
+    if d.get("encodings"):
+        out["encodings"] = [
+            {"layer": r["name"], "nnz": r["nnz"], "dense_bytes": r["dense_bytes"],
+             **{f"{key}_bytes": r[key]["bytes"] for key in ("csr", "bitmap", "step", "eie")},
+             **{f"{key}_vs_csr": r[key]["vs_csr"] for key in ("bitmap", "step", "eie")},
+             "step_fillers": r["step"].get("fillers"), "eie_fillers": r["eie"].get("fillers"),
+             "eie_64pe_bytes": r64["eie"]["bytes"]}
+            for r, r64 in zip(d["encodings"]["rows"], d["encodings"]["rows_64pe"])]
     ie = d["ineffectual"]
     if "unavailable" not in ie:
         out["ineffectual"] = [{"layer": n, **e} for n, e in ie["layers"].items()]
@@ -102,7 +118,7 @@ def tables(d: dict) -> dict[str, list[dict]]:
                              for row in res.get("rows", [])]
     for n in d["detail_layers"]:
         fnnz = d["profiles"][n]["filter_nnz"]
-        out[f"filter_nnz_{n}"] = [{"k": k, **{f"c{c}": int(v) for c, v in enumerate(row)}}
+        out[f"filter_nnz_{file_stem(n)}"] = [{"k": k, **{f"c{c}": int(v) for c, v in enumerate(row)}}
                                   for k, row in enumerate(fnnz)]
     return out
 
@@ -120,6 +136,8 @@ def _unavailable(d: dict, name: str) -> str:
         return "grouped convolution"
     if name == "load_balance_layers":
         return ""
+    if name == "encodings":
+        return "no encodings in the data (analysis from an older version)"
     return "no data"
 
 
@@ -130,7 +148,7 @@ h1{font-size:1.6em} h2{font-size:1.2em;margin-top:2em;border-bottom:1px solid #d
 table{border-collapse:collapse;font-size:.85em;margin:8px 0} td,th{border:1px solid #ddd;padding:3px 7px;
 text-align:right} th{background:#f4f4f4} td:first-child,th:first-child{text-align:left}
 .note{color:#555;font-size:.9em} .unavail{color:#a33;font-style:italic} .figure{margin:8px 0 24px}
-.files a{margin-right:10px}
+.files a{margin-right:10px} .lead{font-size:1.05em}
 """
 
 STATUS_JS = """
@@ -140,10 +158,18 @@ window.addEventListener('error', function (e) { window.__reportErrors.push(Strin
 window.addEventListener('load', function () {
   setTimeout(function () {
     var figs = Array.prototype.slice.call(document.querySelectorAll('.figure .plotly-graph-div'));
-    var rects = figs.map(function (f) { var r = f.getBoundingClientRect();
-      return {id: f.id, name: f.closest('.figure').getAttribute('data-figure'),
-              x: r.left + window.scrollX, y: r.top + window.scrollY, w: r.width, h: r.height,
-              rendered: !!(f._fullLayout && f.querySelector('.main-svg'))}; });
+    function box(el) { var r = el.getBoundingClientRect();
+      return {x: r.left + window.scrollX, y: r.top + window.scrollY, w: r.width, h: r.height}; }
+    function boxes(f, sel) { return Array.prototype.slice.call(f.querySelectorAll(sel))
+      .map(box).filter(function (b) { return b.w > 0 && b.h > 0; }); }
+    var rects = figs.map(function (f) { var r = box(f);
+      r.id = f.id; r.name = f.closest('.figure').getAttribute('data-figure');
+      r.rendered = !!(f._fullLayout && f.querySelector('.main-svg'));
+      // layout geometry, for the overlap checks of the browser test
+      r.parts = {modebar: boxes(f, '.modebar'), title: boxes(f, '.g-gtitle text'),
+                 menus: boxes(f, '.updatemenu-header-group'), legend: boxes(f, '.legend .bg'),
+                 plot: boxes(f, '.draglayer .nsewdrag'), bartext: boxes(f, '.bars .bartext')};
+      return r; });
     document.body.setAttribute('data-report-status', JSON.stringify({
       figures: figs.length, rendered: rects.filter(function (r) { return r.rendered; }).length,
       errors: window.__reportErrors, rects: rects,
@@ -174,6 +200,9 @@ def render_html(d: dict, meta: dict, figs: dict, static_names: set[str], tabs: d
              f"</title><style>{CSS}</style>{STATUS_JS}"
              f"<script type='text/javascript'>{plotly.offline.get_plotlyjs()}</script></head><body>"]
     parts.append(f"<h1>{html.escape(meta.get('title', 'sparsecnn report'))}</h1>")
+    if "top-1 of these weights" in meta:
+        parts.append(f"<p class='lead'>Top-1 of the weights shown: "
+                     f"<b>{html.escape(str(meta['top-1 of these weights']))}</b></p>")
     parts.append("<table>" + "".join(
         f"<tr><th>{html.escape(str(k))}</th><td style='text-align:left'>{html.escape(str(v))}</td></tr>"
         for k, v in meta.items() if k != "title") + "</table>")
@@ -207,6 +236,23 @@ def render_html(d: dict, meta: dict, figs: dict, static_names: set[str], tabs: d
                      "(measured on the whole layer). Dense, sparse and the measured hybrid are timed interleaved "
                      "(medians); the hybrid includes gathering the blocks' input channels and adding the "
                      "outputs, and its output is checked equal to the full convolution.</p>")
+    if tabs.get("encodings"):
+        erows = [{**r, **{f"{k}_kib": r[f"{k}_bytes"] / 1024 for k in
+                          ("csr", "bitmap", "step", "eie", "eie_64pe")}} for r in tabs["encodings"]]
+        parts.append("<h2>Accelerators' index encodings (weight bytes)</h2>")
+        parts.append(_table(erows, [
+            ("layer", "layer", ""), ("nnz", "nnz", "d"), ("csr_kib", "CSR KiB", ".1f"),
+            ("bitmap_kib", "Cambricon-X direct KiB", ".1f"), ("bitmap_vs_csr", "x CSR", ".2f"),
+            ("step_kib", "Cambricon-X step KiB", ".1f"), ("step_vs_csr", "x CSR", ".2f"),
+            ("eie_kib", "EIE KiB", ".1f"), ("eie_vs_csr", "x CSR", ".2f"),
+            ("eie_64pe_kib", "EIE, 64 PEs KiB", ".1f"), ("eie_fillers", "EIE padding zeros", "d")]))
+        parts.append("<p class='note'>Cambricon-X direct indexing: one bit per weight position of "
+                     "each output channel; step indexing: 8-bit distance to the previous nonzero "
+                     "(filler entries for longer gaps); both with fp32 values. EIE: CSC, 4-bit "
+                     "relative row index (a padding zero per run of more than 15 zeros) and a "
+                     "4-bit index into 16 shared values (the codebook, 64 bytes, makes values "
+                     "approximate: Deep Compression retrains for it); 64 PEs interleave rows, "
+                     "each PE with its own column pointers. Pointers 32-bit.</p>")
     for name, title in FIGURES:
         fig = figs.get(name)
         if fig is None:

@@ -1,0 +1,142 @@
+"""Correctness of every registered ``conv2d_pool`` kernel (convolution + ReLU + max-pooling)
+against ``max_pool2d(relu(conv2d(...)))`` of ``torch.nn.functional``.
+
+Driven by the registry, like ``test_kernels_conv.py``: the unfused kernels (each conv2d kernel
+then max_pool2d) and the fused ones run the whole grid with every weight format they accept.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import sparsecnn
+from sparsecnn.functional import conv2d_pool, conv2d_pool_problem
+from sparsecnn.kernels import registry
+from sparsecnn.problem import pool_output_size
+
+from _kernel_cases import (ACT_PATTERNS, SPARSITIES, activation_input, build_weight,
+                           kernel_formats, sparse_weight, tolerances)
+
+KERNEL_FORMATS = kernel_formats("conv2d_pool")
+
+# (id, N, C, H, W, K, (R, S), stride, padding, dilation, groups, pool kwargs)
+CASES = [
+    ("alexnet5-like", 1, 16, 13, 13, 24, (3, 3), 1, 1, 1, 1, dict(pool_kernel=3, pool_stride=2)),
+    ("vgg-block-end", 2, 8, 14, 14, 16, (3, 3), 1, 1, 1, 1, dict(pool_kernel=2, pool_stride=2)),
+    ("alexnet1-like", 1, 3, 63, 63, 8, (11, 11), 4, 2, 1, 1, dict(pool_kernel=3, pool_stride=2)),
+    ("5x5-odd-ceil", 2, 6, 15, 13, 8, (5, 5), 1, 2, 1, 1,
+     dict(pool_kernel=3, pool_stride=2, ceil_mode=True)),
+    ("pool-pad-dil", 1, 6, 16, 16, 8, (3, 3), 1, 1, 1, 1,
+     dict(pool_kernel=3, pool_stride=2, pool_padding=1, pool_dilation=2)),
+    ("groups2-s2", 2, 8, 17, 17, 12, (3, 3), 2, 1, 1, 2, dict(pool_kernel=2)),
+    ("depthwise", 1, 8, 12, 12, 8, (3, 3), 1, 1, 1, 8, dict(pool_kernel=(2, 3), pool_stride=(2, 1))),
+]
+IDS = [c[0] for c in CASES]
+
+
+def _ref(x, w, b, case, relu):
+    _, n, c, h, ww, k, rs, stride, padding, dilation, groups, pk = case
+    y = F.conv2d(x, w, b, stride, padding, dilation, groups)
+    if relu:
+        y = F.relu(y)
+    return F.max_pool2d(y, pk["pool_kernel"], pk.get("pool_stride"), pk.get("pool_padding", 0),
+                        pk.get("pool_dilation", 1), pk.get("ceil_mode", False))
+
+
+def _run(name, fmt, case, sparsity=0.9, *, bias=True, relu=True, weight=None, x=None, seed=0):
+    _, n, c, h, w, k, (r, s), stride, padding, dilation, groups, pk = case
+    gen = torch.Generator().manual_seed(seed)
+    if x is None:
+        x = torch.randn(n, c, h, w, generator=gen)
+    if weight is None:
+        weight = sparse_weight((k, c // groups, r, s), sparsity, gen)
+    b = torch.randn(k, generator=gen) if bias else None
+    wk, wref = build_weight(weight, fmt)
+    _, problem, _, _ = conv2d_pool_problem(x, wk, b, stride, padding, dilation, groups, relu, **pk)
+    why = registry.get("conv2d_pool", name).why_not(problem, wk)
+    if why is not None:
+        pytest.skip(why)
+    y = conv2d_pool(x, wk, b, stride, padding, dilation, groups, relu=relu, algo=name, **pk)
+    ref = _ref(x, wref, b, case, relu)
+    assert y.dtype == torch.float32 and y.shape == ref.shape
+    torch.testing.assert_close(y, ref, **tolerances(c // groups * r * s))
+    return y
+
+
+@pytest.mark.parametrize("sparsity", SPARSITIES)
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+@pytest.mark.parametrize("name, fmt", KERNEL_FORMATS)
+def test_conv_pool_grid(name, fmt, case, sparsity):
+    _run(name, fmt, case, sparsity)
+
+
+@pytest.mark.parametrize("bias, relu", [(False, False), (True, False), (False, True)])
+@pytest.mark.parametrize("name, fmt", KERNEL_FORMATS)
+def test_conv_pool_bias_relu(name, fmt, bias, relu):
+    _run(name, fmt, CASES[0], 0.5, bias=bias, relu=relu)
+
+
+@pytest.mark.parametrize("pattern", ACT_PATTERNS)
+@pytest.mark.parametrize("name, fmt", KERNEL_FORMATS)
+def test_conv_pool_activation_patterns(name, fmt, pattern):
+    case = CASES[1]
+    _, n, c, h, w, *_ = case
+    _run(name, fmt, case, 0.9, x=activation_input((n, c, h, w), pattern,
+                                                  torch.Generator().manual_seed(3)))
+
+
+@pytest.mark.parametrize("kind", ["zero", "dense"])
+@pytest.mark.parametrize("name, fmt", KERNEL_FORMATS)
+def test_conv_pool_edge_weights(name, fmt, kind):
+    case = CASES[0]
+    _, n, c, h, w, k, (r, s), *_ = case
+    weight = torch.zeros(k, c, r, s) if kind == "zero" else torch.randn(k, c, r, s)
+    _run(name, fmt, case, weight=weight)
+
+
+@pytest.mark.parametrize("size, k, s, p, d, ceil", [
+    (13, 3, 2, 0, 1, False), (13, 3, 2, 0, 1, True), (14, 3, 2, 1, 1, True), (6, 2, 2, 0, 1, True),
+    (5, 2, 3, 1, 1, True), (16, 3, 2, 1, 2, False), (7, 7, 1, 3, 1, True)])
+def test_pool_output_size_matches_torch(size, k, s, p, d, ceil):
+    y = F.max_pool2d(torch.zeros(1, 1, size, size), k, s, p, d, ceil)
+    assert pool_output_size(size, k, s, p, d, ceil) == y.shape[-1]
+
+
+def test_unbatched_and_auto():
+    case = CASES[0]
+    _, n, c, h, w, k, (r, s), *_, pk = case
+    gen = torch.Generator().manual_seed(4)
+    wt = sparse_weight((k, c, r, s), 0.9, gen)
+    x = torch.randn(c, h, w, generator=gen)
+    y = conv2d_pool(x, sparsecnn.to_sparse(wt, "csr"), None, 1, 1, relu=True, **pk)
+    ref = F.max_pool2d(F.relu(F.conv2d(x[None], wt, None, 1, 1)), 3, 2)[0]
+    assert y.shape == ref.shape
+    torch.testing.assert_close(y, ref, **tolerances(c * 9))
+
+
+def test_bad_pool_arguments_raise():
+    w = sparsecnn.to_sparse(sparse_weight((4, 3, 3, 3), 0.5, torch.Generator().manual_seed(5)),
+                            "csr")
+    x = torch.randn(1, 3, 8, 8)
+    with pytest.raises(ValueError, match="pool_kernel must be >= 1"):
+        conv2d_pool(x, w, pool_kernel=0)
+    with pytest.raises(ValueError, match="at most half"):
+        conv2d_pool(x, w, pool_kernel=2, pool_padding=2)
+    with pytest.raises(ValueError, match="smaller than the dilated pool window"):
+        conv2d_pool(x, w, pool_kernel=7)
+    with pytest.raises(TypeError, match="pool_stride must be an int"):
+        conv2d_pool(x, w, pool_kernel=2, pool_stride="2")
+    with pytest.raises(TypeError, match="ceil_mode must be a bool"):
+        conv2d_pool(x, w, pool_kernel=2, ceil_mode=1)
+    with pytest.raises(ValueError, match=r"3 input channels.*C=5"):
+        conv2d_pool(torch.randn(1, 5, 8, 8), w, pool_kernel=2)
+    with pytest.raises(ValueError, match="unknown conv2d_pool kernel 'nope'"):
+        conv2d_pool(x, w, pool_kernel=2, algo="nope")
+
+
+def test_every_conv_kernel_has_an_unfused_conv_pool_kernel():
+    conv = set(registry.names("conv2d"))
+    assert conv <= set(registry.names("conv2d_pool"))
+    assert "fused_ref" in registry.names("conv2d_pool")
