@@ -14,7 +14,7 @@ import importlib
 import sys
 
 # Subcommand modules, in the order ``sparsecnn --help`` lists them.
-COMMANDS: tuple[str, ...] = ("optimize", "bench", "report")
+COMMANDS: tuple[str, ...] = ("optimize", "bench", "bench_spatial", "report")
 
 
 class UsageError(Exception):

@@ -29,6 +29,7 @@ PREFERENCE = {
     # kernels are chosen by measurement)
     "conv2d_pool": ("direct_avx512", "direct", "im2col_spmm", "im2col_bsr"),
     "linear": ("spmv", "spmm", "nm"),
+    "sparse_conv": ("fused", "gemm"),  # sparsecnn.spatial (bench-spatial --algos, docs/spatial.md)
 }
 #: Linear layers at batch > 1 prefer SpMM (the batch is its inner loop).
 PREFERENCE_BATCHED = {"linear": ("spmm", "spmv", "nm")}
@@ -40,14 +41,25 @@ def heuristic(problem: Problem, *, dense_above: float = DENSE_ABOVE_DENSITY) -> 
     ``"dense"`` for a dense weight, for a weight denser than ``dense_above`` (default
     :data:`DENSE_ABOVE_DENSITY`; 1.0 asks for the preferred sparse kernel whatever the density),
     or when no sparse kernel can run the problem here; otherwise the first of
-    :data:`PREFERENCE` that can (SpMM before SpMV for linear layers at batch > 1).
+    :data:`PREFERENCE` that can (SpMM before SpMV for linear layers at batch > 1). An op without
+    a ``"dense"`` kernel (``"sparse_conv"``: the sparsity is in the input sites, its weight is
+    dense) gets the first of its kernels that can run the problem.
+
+    Raises
+    ------
+    ValueError
+        If an op without a ``"dense"`` kernel has none that can run ``problem`` here.
     """
-    if problem.format == "dense" or problem.density > dense_above:
+    has_dense = "dense" in registry.names(problem.op)
+    if has_dense and (problem.format == "dense" or problem.density > dense_above):
         return "dense"
     # (candidates without a weight: kernels whose use depends on the weight, like ``hybrid``,
     # are chosen only by measurement)
     ok = {k.name for k in registry.candidates(problem)} - {"dense"}
     if not ok:
+        if not has_dense:
+            raise ValueError(f"no {problem.op} kernel can run {problem.key()} here; registered: "
+                             f"{registry.names(problem.op)}")
         return "dense"
     order = PREFERENCE.get(problem.op, ())
     if problem.batch > 1:

@@ -25,6 +25,8 @@ Calling convention (inputs already validated and normalised by :mod:`sparsecnn.f
   ``(B, in_features)`` for linear -- and ``bias`` a tensor ``(K,)`` / ``(out_features,)`` of the
   same dtype, or None. Returns ``(N, K, OH, OW)`` / ``(B, out_features)``, ReLU applied when
   ``problem.relu``.
+- ``sparse_conv`` (:mod:`sparsecnn.spatial.kernels`) adds the input's structure:
+  ``run(prepared, features, bias, rulebook)``, features ``(P_in, C_in)`` -> ``(P_out, C_out)``.
 """
 
 from __future__ import annotations
