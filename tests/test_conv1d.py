@@ -266,25 +266,3 @@ def test_call_memo_repeats_validation_of_what_changes(op):
     torch.testing.assert_close(fn(x, ws, b, 1, 1, algo="direct"), ref_fn(x, w, b, 1, 1), **tol)
     with pytest.raises(ValueError, match="channels"):  # a new input shape is validated
         fn(x[:, :4], ws, b, 1, 1, algo="direct")
-
-
-def test_prepared_cache_releases_weights_outside_its_lock():
-    """An evicted / cleared operand may hold the last reference to its weight, whose finalizer
-    takes the cache's lock: releasing it under the lock deadlocked (found by the memo test)."""
-    import gc
-
-    from sparsecnn.kernels import prepared
-
-    cache = prepared.PreparedCache(max_entries=1)
-    kernel = registry.get("conv2d", "direct")
-    x_shape = (1, 4, 6, 6)
-    from sparsecnn.problem import ConvProblem
-    for i in range(3):  # each new weight evicts the previous one, whose last reference dies
-        ws = to_sparse(sparse_weight((3, 4, 3, 3), 0.5, torch.Generator().manual_seed(i)))
-        cache.get(kernel, ws, ConvProblem.from_shapes(x_shape, ws.shape, format="csr"))
-        del ws
-        gc.collect()
-    assert len(cache) == 1
-    cache.clear()
-    gc.collect()
-    assert len(cache) == 0

@@ -260,9 +260,11 @@ def test_module_to_moves_bias_and_replans():
         mod.to(DEVICE)
         torch.testing.assert_close(mod(x.to(DEVICE)).cpu(), ref, rtol=1e-5, atol=1e-5)
         assert mod._plans and mod.bias.device.type == DEVICE
-        mod.double()  # any _apply replaces the bias buffer: the plans holding it are dropped
-        assert mod.bias.dtype == torch.float64 and not mod._plans
-        mod.half()
+        with pytest.raises(TypeError, match="float64"):
+            mod.double()  # the kernel takes no float64: refused, the module unchanged
+        assert mod.bias.dtype == torch.float32 and mod._plans
+        mod.half()  # any _apply replaces the bias buffer: the plans holding it are dropped
+        assert mod.bias.dtype == torch.float16 and not mod._plans
         y = mod(x.to(DEVICE, torch.float16))
     assert y.dtype == torch.float16 and mod.bias.dtype == torch.float16
     torch.testing.assert_close(y.cpu().float(), ref, rtol=2e-3, atol=2e-3)

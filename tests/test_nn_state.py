@@ -445,21 +445,25 @@ def entry(cache):
     # w's only reference is now the cache entry
 
 cache = PreparedCache(max_entries=1)
+entry(cache)  # the cache refers to w weakly: w dies as entry() returns, and its entry with it
+assert len(cache) == 0 and not cache._by_weight
+keep = to_sparse(torch.eye(4, 6))
+cache.get(dense, keep, LinearProblem(1, 6, 4, False, format="csr", density=float(keep.density)))
+entry(cache)  # evicts keep's entry (inside get()'s lock); keep lives on
+assert len(cache) == 0
+cache.clear()
+del keep
+gc.collect()  # keep's finalizer takes the (free) lock
 entry(cache)
-entry(cache)  # evicts the first: its weight dies inside get()'s lock
-assert len(cache) == 1
-cache.clear()  # the second dies inside clear()'s lock
-gc.collect()
-entry(cache)  # the lock is free; the dead weights were forgotten
-assert len(cache) == 1 and cache._by_weight.keys() == {k[0] for k in cache._entries}
+assert len(cache) == 0 and not cache._by_weight
 print("ok")
 """
 
 
 def test_prepared_cache_never_deadlocks_when_an_entry_held_the_last_reference():
-    """An entry holds its weight; evicting or clearing it drops the weight's last reference and
-    runs the weight's finalizer *inside* the cache's locked region (before: the finalizer took
-    the same non-reentrant lock and the process hung -- it hung the held-bytes test above).
+    """A weight's finalizer takes the cache's lock; it must never run inside a locked region
+    (before: an entry held its weight, evicting it ran the finalizer under the non-reentrant
+    lock and the process hung -- it hung the held-bytes test above).
     Run in a subprocess so that a regression fails (timeout) instead of hanging the suite."""
     import os
     import subprocess

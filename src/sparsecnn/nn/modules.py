@@ -433,7 +433,7 @@ class SparseConv2d(_SparseBase):
                 "dilation": list(self.dilation), "groups": self.groups}
 
     @classmethod
-    def _skeleton(cls, conv: nn.Conv2d, *, relu: bool = False) -> "SparseConv2d":
+    def _skeleton(cls, conv: nn.Conv2d, *, relu: bool = False, meta=None) -> "SparseConv2d":
         """A module with ``conv``'s geometry and an all-zero weight, to load a state into."""
         w = conv.weight
         return cls(_empty_weight(tuple(w.shape)), None, conv.stride, _conv_padding(conv),
@@ -549,6 +549,15 @@ class SparseConv1d(SparseConv2d):
         return cls(w, conv.bias, conv.stride, padding, conv.dilation, conv.groups,
                    relu=relu, algo=algo)
 
+    @classmethod
+    def _skeleton(cls, conv: nn.Conv1d, *, relu: bool = False, meta=None) -> "SparseConv1d":
+        """A module with ``conv``'s geometry and an all-zero weight, to load a state into."""
+        k, c, s = conv.weight.shape
+        padding = conv.padding if not isinstance(conv.padding, str) else \
+            (0 if conv.padding == "valid" else conv.dilation[0] * (conv.kernel_size[0] - 1) // 2)
+        return cls(_empty_weight((k, c, 1, s)), None, conv.stride, padding, conv.dilation,
+                   conv.groups, relu=relu)
+
     @staticmethod
     def as_2d(x: torch.Tensor) -> torch.Tensor:
         """The conv2d view ``(N, C, 1, L)`` of an input ``(N, C, L)`` or ``(C, L)``."""
@@ -633,7 +642,7 @@ class SparseLinear(_SparseBase):
         return {}
 
     @classmethod
-    def _skeleton(cls, linear: nn.Linear, *, relu: bool = False) -> "SparseLinear":
+    def _skeleton(cls, linear: nn.Linear, *, relu: bool = False, meta=None) -> "SparseLinear":
         """A module of ``linear``'s shape with an all-zero weight, to load a state into."""
         return cls(_empty_weight(tuple(linear.weight.shape)), None, relu=relu)
 

@@ -92,6 +92,32 @@ class SparseConvPool2d(SparseConv2d):
                   algo=algo)
         return new.train(conv.training)
 
+    def _geometry(self) -> dict:
+        return {**super()._geometry(), "pool_kernel": list(self.pool_kernel),
+                "pool_stride": list(self.pool_stride), "pool_padding": list(self.pool_padding),
+                "pool_dilation": list(self.pool_dilation), "ceil_mode": self.ceil_mode}
+
+    @classmethod
+    def _skeleton(cls, conv: nn.Conv2d, *, relu: bool = False, meta=None) -> "SparseConvPool2d":
+        """A module with ``conv``'s geometry, the pooling recorded in the file's state
+        (``meta["geometry"]``) and an all-zero weight, to load a state into.
+
+        Raises ValueError if the state records no pooling."""
+        from .modules import _conv_padding, _empty_weight
+        g = (meta or {}).get("geometry") or {}
+        try:
+            pool = {k: tuple(int(v) for v in g[k])
+                    for k in ("pool_kernel", "pool_stride", "pool_padding", "pool_dilation")}
+            ceil_mode = g["ceil_mode"]
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(f"a SparseConvPool2d state needs its pooling in 'geometry', got "
+                             f"{g!r}") from None
+        if not isinstance(ceil_mode, bool):
+            raise ValueError(f"ceil_mode must be true or false, got {ceil_mode!r}")
+        return cls(_empty_weight(tuple(conv.weight.shape)), None, conv.stride,
+                   _conv_padding(conv), conv.dilation, conv.groups, relu=relu,
+                   ceil_mode=ceil_mode, **pool)
+
     def _pool_kw(self) -> dict:
         return {"pool_kernel": self.pool_kernel, "pool_stride": self.pool_stride,
                 "pool_padding": self.pool_padding, "pool_dilation": self.pool_dilation,

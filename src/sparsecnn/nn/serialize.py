@@ -36,15 +36,18 @@ import torch
 from torch import nn
 
 from .._atomic import atomic_path
-from .modules import SparseConv2d, SparseLinear
+from .modules import SparseConv1d, SparseConv2d, SparseLinear
+from .pool import SparseConvPool2d
 
 FILE_MAGIC = "sparsecnn-model"
 #: Version of the file layout (1: the pickled module, no longer read).
 FILE_VERSION = 2
 _META_KEY = "sparsecnn"
-_SPARSE = {"SparseConv2d": (SparseConv2d, nn.Conv2d), "SparseLinear": (SparseLinear, nn.Linear)}
-#: Modules sparsification replaces by nn.Identity (folded BatchNorm, fused ReLU).
-_REPLACEABLE = (nn.modules.batchnorm._BatchNorm, nn.ReLU, nn.Identity)
+_SPARSE = {"SparseConv2d": (SparseConv2d, nn.Conv2d), "SparseLinear": (SparseLinear, nn.Linear),
+           "SparseConv1d": (SparseConv1d, nn.Conv1d),
+           "SparseConvPool2d": (SparseConvPool2d, nn.Conv2d)}
+#: Modules sparsification replaces by nn.Identity (folded BatchNorm, fused ReLU, fused pooling).
+_REPLACEABLE = (nn.modules.batchnorm._BatchNorm, nn.ReLU, nn.MaxPool2d, nn.Identity)
 _EXTRA = "_extra_state"
 
 
@@ -206,7 +209,7 @@ def _restructure(model: nn.Module, header: dict, tensors: dict, where: str) -> N
         name = key[: -len(_EXTRA)].rstrip(".")
         sparse_cls, dense_cls = _SPARSE[kind]
         cur = _submodule(model, name) if name else model
-        if isinstance(cur, sparse_cls):
+        if type(cur) is sparse_cls:
             continue  # already sparse: load_state_dict takes any nnz / format
         if type(cur) is not dense_cls:
             raise ValueError(f"{where}: the file has a {kind} at {name!r}, the model has "
@@ -215,7 +218,7 @@ def _restructure(model: nn.Module, header: dict, tensors: dict, where: str) -> N
         if not isinstance(relu, bool):
             raise ValueError(f"{where}: {key}: 'relu' must be true or false, got {relu!r}")
         if name:
-            _set_module(model, name, sparse_cls._skeleton(cur, relu=relu))
+            _set_module(model, name, sparse_cls._skeleton(cur, relu=relu, meta=meta))
         else:
             raise ValueError(f"{where}: the model itself cannot be a sparse layer")
     for name in header["identity"]:
@@ -223,8 +226,8 @@ def _restructure(model: nn.Module, header: dict, tensors: dict, where: str) -> N
             raise ValueError(f"{where}: corrupt header (identity entry {name!r})")
         cur = _submodule(model, name)
         if not isinstance(cur, _REPLACEABLE):
-            raise ValueError(f"{where}: the file has nn.Identity at {name!r} (a folded BatchNorm "
-                             f"or fused ReLU), the model has "
+            raise ValueError(f"{where}: the file has nn.Identity at {name!r} (a folded BatchNorm, "
+                             f"fused ReLU or fused pooling), the model has "
                              f"{type(cur).__name__ if cur is not None else 'no module'} there")
         if type(cur) is not nn.Identity:
             _set_module(model, name, nn.Identity())
