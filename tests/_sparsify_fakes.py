@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import weakref
 
 import torch
 import torch.nn.functional as F
@@ -46,15 +47,18 @@ def _wrong(fn):
 
 
 def _fast(fn):
-    memo = {}
+    memo: dict = {}
 
     def run(prep, x, bias):
-        # the same buffer may hold another input later (the rewrite check reruns the model):
-        # the key includes the contents' sum and the weight, not only the address
-        key = (x.data_ptr(), tuple(x.shape), float(x.double().sum()), id(prep.weight))
-        if key not in memo:
-            memo[key] = fn(prep, x, bias)
-        return memo[key]
+        # keyed by the input tensor object itself (a weak reference, so a later tensor at the same
+        # address is a miss), its version counter (an in-place change is a miss) and the weight;
+        # a hit costs well under a microsecond, so the fake beats dense even on a tiny layer
+        hit = memo.get(id(x))
+        if hit is not None and hit[0]() is x and hit[1] == x._version and hit[2]() is prep.weight:
+            return hit[3]
+        y = fn(prep, x, bias)
+        memo[id(x)] = (weakref.ref(x), x._version, weakref.ref(prep.weight), y)
+        return y
     return run
 
 
