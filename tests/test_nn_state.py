@@ -5,7 +5,6 @@ bytes a layer really holds, and model files that cannot run code."""
 from __future__ import annotations
 
 import copy
-import io
 import json
 import pickle
 

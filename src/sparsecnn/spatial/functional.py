@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from numbers import Integral
 
-import numpy as np
 import torch
 
 from .. import dispatch

@@ -24,7 +24,6 @@ the Python-facing entry point is :func:`build_table`.
 from __future__ import annotations
 
 import numpy as np
-from llvmlite import ir
 from numba import njit, prange, types
 from numba.extending import intrinsic
 
