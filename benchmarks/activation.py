@@ -189,7 +189,7 @@ ALEXNET = {  # name: (C, H, W, K, R, stride, padding) at 224 x 224 input
     "conv2": (64, 27, 27, 192, 5, 1, 2), "conv3": (192, 13, 13, 384, 3, 1, 1),
     "conv4": (384, 13, 13, 256, 3, 1, 1), "conv5": (256, 13, 13, 256, 3, 1, 1)}
 WEIGHT_ONLY = ("direct_avx512", "direct", "im2col_spmm")
-ACT_AWARE = ("sparse_sparse",)  # the only activation-aware kernel so far
+ACT_AWARE = ("direct_live", "sparse_sparse")
 
 
 def act_input(shape, act_sparsity, pattern, gen):
@@ -247,15 +247,38 @@ def cmd_layers(args):
                              "act_sparsity": float((x == 0).float().mean()),
                              "pattern": "real", "batch": args.batch, "ms": ms})
                 _print_row(rows[-1])
+    _live_summary(rows)
     return rows
 
 
 def _print_row(r):
     ms = r["ms"]
     parts = [f"{k} {ms[k]:.3f} ms ({ms['dense'] / ms[k]:.2f}x)" for k in ms if k != "dense"]
+    live = (f" || direct_live over direct {ms['direct'] / ms['direct_live']:.2f}x"
+            if "direct" in ms and "direct_live" in ms else "")
     console.print(f"{r['layer']:<22} w {r['weight_sparsity']:.2f} a {r['act_sparsity']:.2f} "
                   f"{r['pattern']:<8} b{r['batch']}: dense {ms['dense']:.3f} ms | "
-                  + " | ".join(parts))
+                  + " | ".join(parts) + live)
+
+
+def _live_summary(rows):
+    """direct_live over direct: per pattern, on all rows and on rows with >= 50 % zeros."""
+    import math
+
+    t = Table(title="direct_live over weight-only direct (geometric mean / max)")
+    for c in ("pattern", "rows", "all", ">= 50 % zeros: rows", "geomean", "max"):
+        t.add_column(c, justify="right")
+    for pat in dict.fromkeys(r["pattern"] for r in rows):
+        rs = [r for r in rows if r["pattern"] == pat and "direct_live" in r["ms"]
+              and "direct" in r["ms"]]
+        if not rs:
+            continue
+        q = [r["ms"]["direct"] / r["ms"]["direct_live"] for r in rs]
+        q50 = [r["ms"]["direct"] / r["ms"]["direct_live"] for r in rs if r["act_sparsity"] >= 0.5]
+        gm = (lambda v: math.exp(sum(map(math.log, v)) / len(v)) if v else float("nan"))
+        t.add_row(pat, str(len(q)), f"{gm(q):.2f}x", str(len(q50)), f"{gm(q50):.2f}x",
+                  f"{max(q50):.2f}x" if q50 else "-")
+    console.print(t)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -368,7 +391,7 @@ def cmd_hybrid(args):
 # ---------------------------------------------------------------------------------------------
 #: the kernels this issue adds; "before" tunes without them (and without pool fusion): main's
 #: engine, the same process
-NEW_KERNELS = ("hybrid", "sparse_sparse", "fused_ref")
+NEW_KERNELS = ("hybrid", "sparse_sparse", "fused_ref", "direct_live")
 
 
 class without_kernels:

@@ -229,15 +229,21 @@ class DirectOperand:
 
     :meth:`run` allocates the output and calls the entry with per-thread buffers (input buffer,
     scratch, slice states) reused across calls.
+
+    ``per_image=True``: the entry takes the weight's ``offsets`` / ``values`` / ``blkptr`` as
+    2-D arrays, one row shared by every image or one row per image (:meth:`call_args`'
+    ``arrays``).
     """
 
     __slots__ = ("d", "plan", "entry", "out_shape", "tables", "zero_bias", "_args")
 
-    def __init__(self, d: DirectConvCSR, plan: TilePlan, entry, tables: tuple, out_shape):
+    def __init__(self, d: DirectConvCSR, plan: TilePlan, entry, tables: tuple, out_shape,
+                 per_image: bool = False):
         self.d, self.plan, self.entry, self.tables = d, plan, entry, tuple(tables)
         self.out_shape = tuple(int(v) for v in out_shape)
         self.zero_bias = np.zeros(d.shape[0], dtype=np.float32)
-        self._args = (plan.prm, d.offsets, d.values, d.blkptr)
+        arrays = (d.offsets, d.values, d.blkptr)
+        self._args = (plan.prm, *(a[None] if per_image else a for a in arrays))
 
     def _buffers(self):
         p = self.plan
@@ -247,10 +253,14 @@ class DirectOperand:
                               state_array(self.out_shape[0] * p.nsl))
         return ws
 
-    def call_args(self, x: torch.Tensor, bias, relu: bool) -> tuple:
-        """The arguments of ``entry`` for one call (the output array is ``args[7]``)."""
+    def call_args(self, x: torch.Tensor, bias, relu: bool, arrays=None) -> tuple:
+        """The arguments of ``entry`` for one call (the output array is ``args[7]``);
+        ``arrays``: other ``(offsets, values, blkptr)`` than the prepared weight's (``per_image``
+        operands: 2-D, one row per image)."""
         _, xbuf, sc, state = self._buffers()
         prm, offs, vals, blkptr = self._args
+        if arrays is not None:
+            offs, vals, blkptr = arrays
         p = self.plan
         b = self.zero_bias if bias is None else (bias.detach() if bias.requires_grad
                                                  else bias).numpy()

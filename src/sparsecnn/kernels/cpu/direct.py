@@ -172,6 +172,9 @@ def _run_parallel(x4, xbuf, prm, offs, vals, blkptr, bias, out4, kb, tb, sc, sta
     they split the work), then every item waits until all its image's slices are published.
     A slice is only waited on while the thread that claimed it is preparing it, so this cannot
     deadlock however the items are scheduled on threads.
+
+    ``offs``, ``vals`` and ``blkptr`` are 2-D: one row for every image (the weight as prepared),
+    or one row per image (``direct_live``: each image's nonzeros on its live input channels).
     """
     N, C, H, W = x4.shape
     x = x4.reshape(x4.size)
@@ -198,8 +201,9 @@ def _run_parallel(x4, xbuf, prm, offs, vals, blkptr, bias, out4, kb, tb, sc, sta
             for sl in range(nsl):
                 while not is_ready(state, n * nsl + sl):
                     pass
-        _compute_item(it, xbuf, prm, offs, vals, blkptr, bias, out, kb, tb, sc, segptr, segsrc,
-                      segdst, seglen, relu)
+        r = n if offs.shape[0] > 1 else 0
+        _compute_item(it, xbuf, prm, offs[r], vals[r], blkptr[r], bias, out, kb, tb, sc, segptr,
+                      segsrc, segdst, seglen, relu)
 
 
 @njit(cache=True, nogil=True)
@@ -211,9 +215,11 @@ def _run_serial(x4, xbuf, prm, offs, vals, blkptr, bias, out4, kb, tb, sc, state
     fill_span(xbuf, N * prm[IMG], prm[BUF] - N * prm[IMG], 0.0)
     for n in range(N):
         _prepare_slice(n, 0, 1, x, xbuf, prm, C, H, W)
+    m = prm[NKC] * prm[NTG]
     for it in range(nitems):
-        _compute_item(it, xbuf, prm, offs, vals, blkptr, bias, out, kb, tb, sc, segptr, segsrc,
-                      segdst, seglen, relu)
+        r = it // m if offs.shape[0] > 1 else 0
+        _compute_item(it, xbuf, prm, offs[r], vals[r], blkptr[r], bias, out, kb, tb, sc, segptr,
+                      segsrc, segdst, seglen, relu)
 
 
 # --------------------------------------------------------------------------------------------
@@ -298,7 +304,8 @@ def prepare_direct(weight, problem, cblock=None, nthreads=None) -> DirectOperand
     d = layout(weight, problem, cblock)
     p = _Plan(d, problem.N, numba.get_num_threads() if nthreads is None else int(nthreads))
     return DirectOperand(d, p, _run_parallel if p.parallel else _run_serial,
-                         (p.segptr, p.segsrc, p.segdst, p.seglen), problem.out_shape)
+                         (p.segptr, p.segsrc, p.segdst, p.seglen), problem.out_shape,
+                         per_image=True)
 
 
 # --------------------------------------------------------------------------------------------
