@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -x .venv/bin/python ] && PY=.venv/bin/python || PY=python3
 KERNEL_SUITES=(tests/test_kernels_conv.py tests/test_direct_conv.py tests/test_kernels_linear.py
-               tests/test_kernels_conv_pool.py tests/test_conv1d.py)
+               tests/test_kernels_conv_pool.py tests/test_conv1d.py tests/test_direct_live.py)
 if [ $# -gt 0 ]; then
   "$PY" -m pytest -q -n auto --dist loadfile "$@"
   TARGETS=${SPARSECNN_TEST_TARGETS-}
