@@ -268,9 +268,10 @@ class DirectOperand:
                 b, np.empty(self.out_shape, dtype=np.float32), p.kb, p.tb, sc, state,
                 *self.tables, p.nitems, bool(relu))
 
-    def run(self, x: torch.Tensor, bias, relu: bool) -> torch.Tensor:
+    def run(self, x: torch.Tensor, bias, relu: bool, arrays=None) -> torch.Tensor:
         """``(N, K, OH, OW)`` float32 output of the convolution of ``x`` (validated by the
-        caller: contiguous float32 CPU, the shape it was planned for)."""
-        args = self.call_args(x, bias, relu)
+        caller: contiguous float32 CPU, the shape it was planned for); ``arrays`` as in
+        :meth:`call_args`."""
+        args = self.call_args(x, bias, relu, arrays)
         self.entry(*args)
         return torch.from_numpy(args[7])

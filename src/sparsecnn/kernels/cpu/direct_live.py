@@ -118,12 +118,8 @@ class LiveOperand:
         xa = (x.detach() if x.requires_grad else x).numpy()
         live, o2, v2, b2, keep = self._buffers(xa.shape[0])
         d = self.op.d
-        if _live_compact(xa, self.chan, d.offsets, d.values, d.blkptr, live, o2, v2, b2,
-                         keep) == 0:
-            return self.op.run(x, bias, relu)
-        args = self.op.call_args(x, bias, relu, arrays=(o2, v2, b2))
-        self.op.entry(*args)
-        return torch.from_numpy(args[7])
+        dead = _live_compact(xa, self.chan, d.offsets, d.values, d.blkptr, live, o2, v2, b2, keep)
+        return self.op.run(x, bias, relu, arrays=(o2, v2, b2) if dead else None)
 
 
 def prepare_direct_live(weight, problem, cblock=None, nthreads=None) -> LiveOperand:
