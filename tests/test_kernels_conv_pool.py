@@ -140,3 +140,58 @@ def test_every_conv_kernel_has_an_unfused_conv_pool_kernel():
     conv = set(registry.names("conv2d"))
     assert conv <= set(registry.names("conv2d_pool"))
     assert "fused_ref" in registry.names("conv2d_pool")
+    assert "fused_direct" in registry.names("conv2d_pool")
+
+
+# ---------------------------------------------------------------------------------------------
+# fused_direct: the bands (the grid above runs it with the default band size: one band on
+# these small maps; here with tiny bands, so every case is cut into many)
+# ---------------------------------------------------------------------------------------------
+def _problem(case, x, w, b, relu=True):
+    _, n, c, h, ww, k, rs, stride, padding, dilation, groups, pk = case
+    return conv2d_pool_problem(x, w, b, stride, padding, dilation, groups, relu, **pk)[1]
+
+
+@pytest.mark.parametrize("band_bytes", [1, 700, 5000])
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_fused_direct_many_bands(case, band_bytes):
+    from sparsecnn.kernels.cpu import fused_band
+    from sparsecnn.kernels.prepared import Prepared
+
+    _, n, c, h, w, k, (r, s), stride, padding, dilation, groups, pk = case
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(n, c, h, w, generator=gen)
+    wt = sparse_weight((k, c // groups, r, s), 0.8, gen)
+    b = torch.randn(k, generator=gen)
+    ws = sparsecnn.to_sparse(wt, "csr")
+    problem = _problem(case, x, ws, b)
+    bands = fused_band.band_rows(problem, band_bytes)
+    # the bands partition the pooled rows; each reads exactly the conv rows its windows need
+    assert bands[0][0] == 0 and bands[-1][1] == problem.PH
+    assert all(a[1] == bb[0] for a, bb in zip(bands, bands[1:]))
+    if band_bytes == 1:
+        assert len(bands) == problem.PH
+    kern = registry.get("conv2d_pool", "fused_direct")
+    op = fused_band.prepare_fused_direct(ws, problem, band_bytes)
+    y = kern.run(Prepared(kern, problem, ws, op, 0), x, b)
+    torch.testing.assert_close(y, _ref(x, wt, b, case, True), **tolerances(c // groups * r * s))
+
+
+def test_fused_direct_nan_and_bad_band_bytes():
+    from sparsecnn.kernels.cpu import fused_band
+
+    case = CASES[0]
+    _, n, c, h, w, k, (r, s), *_ = case
+    gen = torch.Generator().manual_seed(8)
+    x = torch.randn(n, c, h, w, generator=gen)
+    x[0, :, 5, 6] = float("nan")
+    wt = torch.randn(k, c, r, s, generator=gen)  # dense: every window reads the NaN pixel's row
+    ws = sparsecnn.to_sparse(wt, "csr")
+    y = conv2d_pool(x, ws, None, 1, 1, relu=False, pool_kernel=3, pool_stride=2,
+                    algo="fused_direct")
+    ref = F.max_pool2d(F.conv2d(x, wt, None, 1, 1), 3, 2)
+    assert torch.equal(torch.isnan(y), torch.isnan(ref)) and bool(torch.isnan(ref).any())
+    torch.testing.assert_close(y, ref, equal_nan=True, **tolerances(c * 9))
+    for bad in (0, -5, 2.5, True):
+        with pytest.raises(ValueError, match="band_bytes must be a positive int"):
+            fused_band.band_rows(_problem(case, x, ws, None), bad)

@@ -8,5 +8,6 @@ from . import im2col_spmm, linear  # noqa: F401  (register "im2col_spmm", "spmv"
 from . import structured  # noqa: F401  (registers "im2col_bsr" conv2d, "nm" linear)
 from . import sparse_sparse  # noqa: F401  (registers "sparse_sparse" conv2d)
 from . import fused_pool  # noqa: F401  (registers "fused_ref" conv2d_pool)
+from . import fused_band  # noqa: F401  (registers "fused_direct" conv2d_pool)
 
 __all__: list[str] = []
