@@ -166,7 +166,7 @@ def test_fused_direct_many_bands(case, band_bytes):
     ws = sparsecnn.to_sparse(wt, "csr")
     problem = _problem(case, x, ws, b)
     bands = fused_band.band_rows(problem, band_bytes)
-    # the bands partition the pooled rows; each reads exactly the conv rows its windows need
+    # the bands partition the pooled rows (the output check below covers the rows each reads)
     assert bands[0][0] == 0 and bands[-1][1] == problem.PH
     assert all(a[1] == bb[0] for a, bb in zip(bands, bands[1:]))
     if band_bytes == 1:
