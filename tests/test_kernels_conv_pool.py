@@ -7,9 +7,12 @@ then max_pool2d) and the fused ones run the whole grid with every weight format 
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import sparsecnn
 from sparsecnn.functional import conv2d_pool, conv2d_pool_problem
@@ -195,3 +198,51 @@ def test_fused_direct_nan_and_bad_band_bytes():
     for bad in (0, -5, 2.5, True):
         with pytest.raises(ValueError, match="band_bytes must be a positive int"):
             fused_band.band_rows(_problem(case, x, ws, None), bad)
+
+
+# ---------------------------------------------------------------------------------------------
+# the pooling of the fused kernels (kernels/cpu/_pool.py) against max_pool2d itself
+# ---------------------------------------------------------------------------------------------
+@st.composite
+def _poolings(draw):
+    pk = (draw(st.integers(1, 4)), draw(st.integers(1, 4)))
+    pd = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    span = [(k - 1) * d + 1 for k, d in zip(pk, pd)]
+    pp = tuple(draw(st.integers(0, k // 2)) for k in pk)  # max_pool2d's limit
+    ps = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    h = draw(st.integers(max(1, span[0] - 2 * pp[0]), 19))
+    w = draw(st.integers(max(1, span[1] - 2 * pp[1]), 19))
+    return pk, ps, pp, pd, draw(st.booleans()), h, w
+
+
+@settings(max_examples=150, deadline=None)
+@given(geom=_poolings(), nk=st.tuples(st.integers(1, 2), st.integers(1, 5)),
+       specials=st.integers(0, 3), band_rows=st.integers(1, 4), seed=st.integers(0, 2**16))
+def test_pool_band_matches_max_pool2d(geom, nk, specials, band_rows, seed):
+    """``_pool_band`` (the fused kernels' pooling: row maxima, interior columns without bounds
+    tests) equals ``max_pool2d`` bitwise, NaN where it is NaN, on any window, stride, padding,
+    dilation and ``ceil_mode``, with NaN / +-inf planted, the pooled rows split into bands that
+    hold only the conv rows they read."""
+    from sparsecnn.kernels.cpu.fused_band import _pool_band
+
+    pk, ps, pp, pd, ceil, h, w = geom
+    n, k = nk
+    gen = torch.Generator().manual_seed(seed)
+    y = torch.randn(n, k, h, w, generator=gen)
+    for v in (float("nan"), float("inf"), float("-inf"))[:specials]:
+        idx = torch.randint(0, y.numel(), (2,), generator=gen)
+        y.view(-1)[idx] = v
+    ref = F.max_pool2d(y, pk, ps, pp, pd, ceil)
+    out = np.full(tuple(ref.shape), 7.0, dtype=np.float32)
+    ph = ref.shape[2]
+    span = (pk[0] - 1) * pd[0] + 1
+    for py0 in range(0, ph, band_rows):
+        py1 = min(ph, py0 + band_rows)
+        row0 = max(0, py0 * ps[0] - pp[0])
+        row1 = min(h, (py1 - 1) * ps[0] - pp[0] + span)
+        band = np.ascontiguousarray(y[:, :, row0:max(row1, row0 + 1)].numpy())
+        _pool_band(band, row0, py0, py1, pk[0], pk[1], ps[0], ps[1], pp[0], pp[1], pd[0], pd[1],
+                   h, w, out, np.empty((n * k, w), dtype=np.float32))
+    got = torch.from_numpy(out)
+    assert torch.equal(torch.isnan(got), torch.isnan(ref))
+    assert torch.equal(torch.nan_to_num(got), torch.nan_to_num(ref))

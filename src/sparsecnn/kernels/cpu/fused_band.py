@@ -5,13 +5,16 @@ The PECR idea (Xu et al. 2019, ``seeds/004``): pool the convolution's output whe
 so the whole conv output never goes to memory. This kernel makes it fast by reusing the
 ``direct`` kernel (:mod:`.direct`: CSR offsets, register tiles, ReLU fused) on *bands* of the
 output: the pooled rows are cut into bands whose conv rows (``N x K x rows x OW`` floats) fit
-in ``band_bytes`` (default 512 KiB: measured best of 64 KiB - 1 MiB on the AlexNet / VGG-16 pooled layers, Zen 3); for each band the input rows it reads are
+in ``band_bytes`` (default 4 MiB: measured best of 256 KiB - 8 MiB on the AlexNet / VGG-16
+pooled layers, Zen 4, 1 MiB L2 per core, 32 MiB L3); for each band the input rows it reads are
 copied into a contiguous band (zero rows where the band reaches into the vertical padding), the
 prepared ``direct`` operand of that band's geometry (vertical padding 0, the layer's horizontal
 padding) computes the band's conv rows, which are still in cache when :func:`_pool_band`
-max-pools them into the ``(N, K, PH, PW)`` output. A band's conv rows overlap the next band's
-only where pooling windows overlap (``pool_kernel > pool_stride``, e.g. AlexNet's 3 / 2): those
-rows are computed twice.
+max-pools them into the ``(N, K, PH, PW)`` output (:mod:`._pool`: row maxima vectorised, no
+bounds tests inside the conv output). When the whole conv output fits in one band, there is no
+band copy: the layer's own convolution runs on the input as it is. A band's conv rows overlap
+the next band's only where pooling windows overlap (``pool_kernel > pool_stride``, e.g.
+AlexNet's 3 / 2): those rows are computed twice.
 
 Any convolution geometry ``direct`` takes and any pooling (window, stride, ``-inf`` padding,
 dilation, ``ceil_mode``); NaN propagates through the pooling as in
@@ -26,41 +29,32 @@ import torch
 from numba import njit, prange
 
 from ..registry import Kernel, register
+from ._direct_common import workspace
+from ._pool import interior_columns, pool_plane
 from .direct import prepare_direct
 
 #: Bytes of conv output one band may hold (the conv rows of its pooled rows, all images).
-BAND_BYTES = 512 * 1024
+BAND_BYTES = 4 * 1024 * 1024
 
 
 @njit(cache=True, nogil=True, parallel=True)
 def _pool_band(y, row0, py0, py1, pk0, pk1, ps0, ps1, pp0, pp1, pd0, pd1, oh_size, ow_size,
-               out):
+               out, rows):
     """Max-pool the conv rows ``y`` (``(N, K, rows, OW)``: conv row ``row0 + i`` at ``i``) into
-    the pooled rows ``[py0, py1)`` of ``out`` (``(N, K, PH, PW)``); windows clipped to the conv
-    output ``[0, oh_size) x [0, ow_size)`` (the pooling's ``-inf`` padding)."""
-    n_size, k_size = y.shape[0], y.shape[1]
-    pw_size = out.shape[3]
+    the pooled rows ``[py0, py1)`` of ``out`` (``(N, K, PH, PW)``), one ``(image, channel)``
+    plane per parallel item (:func:`._pool.pool_plane`, its scratch row ``rows[item]`` of the
+    contiguous ``(N * K, OW)`` float32 ``rows``); windows clipped to the conv output
+    ``[0, oh_size) x [0, ow_size)`` (the pooling's ``-inf`` padding)."""
+    n_size, k_size, rows_size = y.shape[0], y.shape[1], y.shape[2]
+    ph_size, pw_size = out.shape[2], out.shape[3]
+    yf = y.reshape(y.size)
+    of = out.reshape(out.size)
+    mf = rows.reshape(rows.size)
+    px_lo, px_hi = interior_columns(pw_size, pk1, ps1, pp1, pd1, ow_size)
     for item in prange(n_size * k_size):
-        n = item // k_size
-        k = item - n * k_size
-        yk = y[n, k]
-        ok = out[n, k]
-        for py in range(py0, py1):
-            for px in range(pw_size):
-                m = -np.inf
-                for a in range(pk0):
-                    yy = py * ps0 - pp0 + a * pd0
-                    if yy < 0 or yy >= oh_size:
-                        continue
-                    yr = yk[yy - row0]
-                    for b in range(pk1):
-                        xx = px * ps1 - pp1 + b * pd1
-                        if xx < 0 or xx >= ow_size:
-                            continue
-                        v = yr[xx]
-                        if v > m or v != v:  # NaN sticks (v > NaN is False)
-                            m = v
-                ok[py, px] = m
+        pool_plane(yf, item * rows_size * ow_size, row0, py0, py1, pk0, pk1, ps0, ps1, pp0, pp1,
+                   pd0, pd1, oh_size, ow_size, of, item * ph_size * pw_size, pw_size, px_lo,
+                   px_hi, mf, item * ow_size)
 
 
 class BandOperand:
@@ -74,7 +68,8 @@ class BandOperand:
         ``[lo, hi)`` those read (may reach outside ``[0, H)``: zero rows).
     ops : dict
         ``hi - lo`` -> the :class:`~._direct_common.DirectOperand` of the band's convolution
-        (``H = hi - lo``, vertical padding 0).
+        (``H = hi - lo``, vertical padding 0); with a single band, ``None`` -> the operand of
+        the layer's own convolution, run on the input as it is (no band copy).
     """
 
     __slots__ = ("bands", "ops")
@@ -117,6 +112,8 @@ def prepare_fused_direct(weight, problem, band_bytes: int = BAND_BYTES,
     operand (:func:`~.direct.prepare_direct`) for each distinct band height."""
     bands = band_rows(problem, band_bytes)
     conv = problem.conv_problem()
+    if len(bands) == 1:  # the whole conv output fits: no band copy, the layer's own padding
+        return BandOperand(bands, {None: prepare_direct(weight, conv, nthreads=nthreads)})
     ops = {}
     for _, _, _, _, lo, hi in bands:
         if hi - lo not in ops:
@@ -146,25 +143,29 @@ def conv2d_pool_fused_direct(prep, x, bias):
     op = prep.operand
     n, c, h, w = x.shape
     out = np.empty(p.out_shape, dtype=np.float32)
+    rows = workspace("pool_rows", n * p.K * p.OW)[:n * p.K * p.OW].reshape(n * p.K, p.OW)
     for py0, py1, row0, row1, lo, hi in op.bands:
-        if lo >= 0 and hi <= h:
-            xb = x[:, :, lo:hi].contiguous()
+        if None in op.ops:  # one band: the conv rows [0, OH) of the input as it is
+            xb, row0, key = x, 0, None
+        elif lo >= 0 and hi <= h:
+            xb, key = x[:, :, lo:hi].contiguous(), hi - lo
         else:
-            xb = x.new_zeros((n, c, hi - lo, w))
+            xb, key = x.new_zeros((n, c, hi - lo, w)), hi - lo
             a, b = max(lo, 0), min(hi, h)
             if b > a:
                 xb[:, :, a - lo:b - lo] = x[:, :, a:b]
-        y = op.ops[hi - lo].run(xb, bias, p.relu)
+        y = op.ops[key].run(xb, bias, p.relu)
         _pool_band(y.numpy(), row0, py0, py1, p.pool_kernel[0], p.pool_kernel[1],
                    p.pool_stride[0], p.pool_stride[1], p.pool_padding[0], p.pool_padding[1],
-                   p.pool_dilation[0], p.pool_dilation[1], p.OH, p.OW, out)
+                   p.pool_dilation[0], p.pool_dilation[1], p.OH, p.OW, out, rows)
     return torch.from_numpy(out)
 
 
 register(Kernel(
     "fused_direct", "conv2d_pool", conv2d_pool_fused_direct, formats=("csr",),
     prepare=prepare_fused_direct,
-    sources=("sparsecnn.kernels.cpu.direct", "sparsecnn.kernels.cpu._vec",
+    sources=("sparsecnn.kernels.cpu.direct", "sparsecnn.kernels.cpu._pool",
+             "sparsecnn.kernels.cpu._vec",
              "sparsecnn.kernels.cpu._direct_common", "sparsecnn.kernels.cpu.direct_csr",
              "sparsecnn.kernels.capabilities"),
     description="fused conv + ReLU + max-pool on direct's register tiles: the output cut into "
