@@ -122,3 +122,26 @@ def test_auto_dispatch_picks_spmv_or_spmm(batch, expected):
     w = sparsecnn.to_sparse(sparse_weight((8, 16), 0.9, torch.Generator().manual_seed(4)), "csr")
     _, problem, _, _ = linear_problem(torch.randn(batch, 16), w)
     assert dispatch.choose(problem, use_cache=False) == expected
+
+
+@pytest.mark.parametrize("name", ["spmv", "spmm"])
+@pytest.mark.parametrize("in_f", [65536, 65537])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_linear_index_width_boundary(name, in_f, batch):
+    """spmv / spmm store column indices in 16 bits up to 65536 input features and in 32 bits
+    beyond (``prepare_compressed_narrow``); nonzeros on the last columns (index 65535, 65536)
+    and the first are read right on both sides of the boundary."""
+    import numpy as np
+
+    from sparsecnn.kernels.cpu._common import prepare_compressed_narrow
+
+    gen = torch.Generator().manual_seed(in_f)
+    w = torch.zeros(5, in_f)
+    cols = torch.tensor([0, 1, in_f - 2, in_f - 1])
+    w[:, cols] = torch.randn(5, 4, generator=gen)
+    w[2, torch.randint(0, in_f, (300,), generator=gen)] = 1.5
+    ws = sparsecnn.to_sparse(w, "csr")
+    op = prepare_compressed_narrow(ws, None)
+    assert op.colidx.dtype == (np.uint16 if in_f <= 65536 else np.int32)
+    assert int(op.colidx.max()) == in_f - 1
+    _run(name, "csr", (batch, in_f), in_f, 5, weight=w)

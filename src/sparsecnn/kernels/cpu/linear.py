@@ -2,8 +2,10 @@
 
 - ``"spmv"`` (batch 1): threads over output rows; each output is the dot product of a sparse
   weight row with ``x`` (a gather of ``x`` at the row's column indices). Weight bytes dominate, so
-  it runs at memory speed on ``nnz * 8`` bytes instead of the dense ``out * in * 4``: the source
-  of the ~3x FC speed-up the seeds report (Han et al. 2016, EIE / Deep Compression). At batch
+  it runs at memory speed on ``nnz * 6`` bytes (uint16 column indices where ``in_features <=
+  65536``, :func:`~._common.prepare_compressed_narrow`; ``nnz * 8`` beyond) instead of the dense
+  ``out * in * 4``: the source of the ~3x FC speed-up the seeds report (Han et al. 2016, EIE /
+  Deep Compression). At batch
   B > 1 it repeats the dot per batch row (correct, rarely the fastest).
 - ``"spmm"`` (batch > 1): ``Y^T = W X^T`` with ``X^T`` (in, B) contiguous, so each nonzero
   broadcasts its value over a contiguous batch row (the same CSR SpMM as ``im2col_spmm``), then
@@ -19,7 +21,7 @@ import torch
 from numba import njit, prange
 
 from ..registry import Kernel, register
-from ._common import as_array, bias_or_zero, prepare_compressed
+from ._common import as_array, bias_or_zero, prepare_compressed_narrow
 from .im2col_spmm import csr_spmm
 
 
@@ -67,7 +69,8 @@ def linear_spmv(prep, x, bias):
     ----------
     prep : Prepared
         ``prep.operand`` the :class:`~._common.CompressedOperand` of a CSR-like weight
-        ``(out_features, in_features)``; ``prep.problem.relu`` fuses a ReLU.
+        ``(out_features, in_features)`` (uint16 or int32 ``colidx``); ``prep.problem.relu``
+        fuses a ReLU.
     x : torch.Tensor (B, in_features) float32, contiguous
     bias : torch.Tensor (out_features,) float32 or None
 
@@ -108,7 +111,9 @@ def linear_spmm(prep, x, bias):
     return yt.t().contiguous()
 
 
-register(Kernel("spmv", "linear", linear_spmv, formats=("csr",), prepare=prepare_compressed,
+register(Kernel("spmv", "linear", linear_spmv, formats=("csr",),
+                prepare=prepare_compressed_narrow,
                 description="CSR SpMV, threads over output rows (Numba); batch rows in turn"))
-register(Kernel("spmm", "linear", linear_spmm, formats=("csr",), prepare=prepare_compressed,
+register(Kernel("spmm", "linear", linear_spmm, formats=("csr",),
+                prepare=prepare_compressed_narrow,
                 description="CSR SpMM on X^T, inner loop over the batch (Numba)"))
