@@ -67,8 +67,11 @@ class SparseConvPool2d(SparseConv2d):
     def from_conv(cls, conv: SparseConv2d, pool: nn.MaxPool2d, *, relu: bool | None = None,
                   algo: str | None = None) -> "SparseConvPool2d":
         """Fuse a :class:`SparseConv2d` and the ``nn.MaxPool2d`` after it (sharing the conv's
-        weight object and bias; ``relu`` None keeps the conv's flag, ``algo`` None keeps
-        ``"dense"`` when the conv was fixed to dense, else ``"auto"``).
+        weight object and bias; ``relu`` None keeps the conv's flag; ``algo`` None is
+        ``"auto"``, also for a conv fixed to dense (too dense for a sparse convolution, such as
+        a first conv left unpruned): its fused layer is tuned too, because a fused kernel's
+        pooling (``fused_dense``: dense conv, then a faster max-pool) can pay where a sparse
+        convolution does not; untuned, the heuristic still runs a dense weight dense).
 
         Raises
         ------
@@ -84,7 +87,7 @@ class SparseConvPool2d(SparseConv2d):
         if pool.return_indices:
             raise ValueError("a MaxPool2d with return_indices=True cannot be fused")
         if algo is None:
-            algo = "dense" if conv.algo == "dense" else "auto"
+            algo = "auto"
         new = cls(conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups,
                   pool_kernel=pool.kernel_size, pool_stride=pool.stride,
                   pool_padding=pool.padding, pool_dilation=pool.dilation,

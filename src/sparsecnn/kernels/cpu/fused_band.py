@@ -26,9 +26,11 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from numba import njit, prange
 
-from ..registry import Kernel, register
+from ..dense import prepare_dense
+from ..registry import ANY_FORMAT, Kernel, register
 from ._direct_common import workspace
 from ._pool import interior_columns, pool_plane
 from .direct import prepare_direct
@@ -143,7 +145,7 @@ def conv2d_pool_fused_direct(prep, x, bias):
     op = prep.operand
     n, c, h, w = x.shape
     out = np.empty(p.out_shape, dtype=np.float32)
-    rows = workspace("pool_rows", n * p.K * p.OW)[:n * p.K * p.OW].reshape(n * p.K, p.OW)
+    rows = _pool_rows(p, n)
     for py0, py1, row0, row1, lo, hi in op.bands:
         if None in op.ops:  # one band: the conv rows [0, OH) of the input as it is
             xb, row0, key = x, 0, None
@@ -155,9 +157,52 @@ def conv2d_pool_fused_direct(prep, x, bias):
             if b > a:
                 xb[:, :, a - lo:b - lo] = x[:, :, a:b]
         y = op.ops[key].run(xb, bias, p.relu)
-        _pool_band(y.numpy(), row0, py0, py1, p.pool_kernel[0], p.pool_kernel[1],
-                   p.pool_stride[0], p.pool_stride[1], p.pool_padding[0], p.pool_padding[1],
-                   p.pool_dilation[0], p.pool_dilation[1], p.OH, p.OW, out, rows)
+        _pool_into(y, row0, py0, py1, p, out, rows)
+    return torch.from_numpy(out)
+
+
+def _pool_into(y, row0, py0, py1, p, out, rows):
+    """Pool conv rows ``y`` (a tensor, ``(N, K, rows, OW)`` from conv row ``row0``) into pooled
+    rows ``[py0, py1)`` of ``out`` with the pooling of problem ``p``."""
+    _pool_band(y.numpy(), row0, py0, py1, p.pool_kernel[0], p.pool_kernel[1], p.pool_stride[0],
+               p.pool_stride[1], p.pool_padding[0], p.pool_padding[1], p.pool_dilation[0],
+               p.pool_dilation[1], p.OH, p.OW, out, rows)
+
+
+def _pool_rows(p, n):
+    """The pooling's scratch rows (``(N * K, OW)`` float32, reused per thread)."""
+    return workspace("pool_rows", n * p.K * p.OW)[:n * p.K * p.OW].reshape(n * p.K, p.OW)
+
+
+def conv2d_pool_fused_dense(prep, x, bias):
+    """PyTorch's dense convolution, ReLU, then the fused kernels' max-pooling (registered as
+    ``"fused_dense"`` for op ``conv2d_pool``).
+
+    For layers whose weight is too dense for a sparse convolution to pay (the first conv of
+    AlexNet / VGG, left dense by pruning) but followed by a max-pool: ``F.conv2d`` (oneDNN) on
+    the densified weight, then :func:`_pool_band` on the whole conv output, in place of
+    ``max_pool2d``, whose NCHW path is a scalar loop (see :mod:`._pool`). The conv output goes
+    to memory (no bands: oneDNN computes it in one call).
+
+    Parameters
+    ----------
+    prep : Prepared
+        ``prep.operand`` the dense float32 weight ``(K, C/groups, R, S)``
+        (:func:`~sparsecnn.kernels.dense.prepare_dense`) for ``prep.problem``, a
+        :class:`~sparsecnn.problem.ConvPoolProblem`.
+    x : torch.Tensor (N, C, H, W) float32, contiguous, CPU
+    bias : torch.Tensor (K,) float32 or None
+
+    Returns
+    -------
+    torch.Tensor (N, K, PH, PW) float32: ``max_pool2d(relu?(conv2d(x, w, bias)))``.
+    """
+    p = prep.problem
+    y = F.conv2d(x, prep.operand, bias, p.stride, p.padding, p.dilation, p.groups).contiguous()
+    if p.relu:
+        torch.relu_(y)
+    out = np.empty(p.out_shape, dtype=np.float32)
+    _pool_into(y, 0, 0, p.PH, p, out, _pool_rows(p, x.shape[0]))
     return torch.from_numpy(out)
 
 
@@ -173,5 +218,13 @@ register(Kernel(
                 "direct and pooled while in cache (the full conv output is never written)",
 ))
 
-__all__ = ["conv2d_pool_fused_direct", "prepare_fused_direct", "band_rows", "BandOperand",
+register(Kernel(
+    "fused_dense", "conv2d_pool", conv2d_pool_fused_dense, formats=(ANY_FORMAT,),
+    prepare=prepare_dense,
+    sources=("sparsecnn.kernels.cpu._pool", "sparsecnn.kernels.dense"),
+    description="dense conv (torch.nn.functional.conv2d) + ReLU, then the fused kernels' "
+                "max-pool (row maxima vectorised) instead of max_pool2d",
+))
+
+__all__ = ["conv2d_pool_fused_direct", "conv2d_pool_fused_dense", "prepare_fused_direct", "band_rows", "BandOperand",
            "BAND_BYTES"]
