@@ -391,7 +391,7 @@ def cmd_hybrid(args):
 # ---------------------------------------------------------------------------------------------
 #: the kernels this issue adds; "before" tunes without them (and without pool fusion): main's
 #: engine, the same process
-NEW_KERNELS = ("hybrid", "sparse_sparse", "fused_ref", "fused_direct", "direct_live")
+NEW_KERNELS = ("hybrid", "sparse_sparse", "fused_ref", "fused_direct", "fused_dense", "direct_live")
 
 
 class without_kernels:

@@ -3,6 +3,8 @@ conv + pool rewrite, and activation density in tuning (issue 11)."""
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -354,6 +356,43 @@ def test_sparsify_fuses_pooling_and_stays_exact(tmp_path, monkeypatch):
         assert isinstance(loaded.conv3, snn.SparseConvPool2d) and loaded.conv3.ceil_mode
         assert type(loaded.pool2) is nn.Identity
         torch.testing.assert_close(loaded(x), ref, rtol=1e-4, atol=1e-4)
+
+
+class _DenseFirst(nn.Module):
+    """An unpruned first conv + ReLU + max-pool (AlexNet's conv1 / pool1), then a pruned one."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 5, stride=2, padding=2)
+        self.relu1 = nn.ReLU()
+        self.pool1 = nn.MaxPool2d(3, 2)
+        self.conv2 = nn.Conv2d(8, 16, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv2(self.pool1(self.relu1(self.conv1(x))))
+
+
+def test_dense_conv_fused_with_pool_is_tuned(tmp_path, monkeypatch):
+    """A conv left dense (under min_sparsity) that is followed by a pool is fused and tuned:
+    ``fused_dense`` (dense conv, then the fused kernels' pooling) is among its candidates and
+    the result stays exact; untuned, the heuristic runs it dense."""
+    monkeypatch.setenv("SPARSECNN_CACHE_DIR", str(tmp_path))
+    torch.manual_seed(3)
+    model = _prune_(_DenseFirst().eval())  # conv2 at 90 %, conv1 dense
+    x = torch.randn(2, 3, 31, 31)
+    with torch.no_grad():
+        ref = model(x)
+    untuned = snn.sparsify_(copy.deepcopy(model), tune=False, min_sparsity=0.5)
+    assert isinstance(untuned.conv1, snn.SparseConvPool2d) and untuned.conv1.algo == "auto"
+    assert type(untuned.pool1) is nn.Identity
+    assert dispatch.choose(untuned.conv1.problem(tuple(x.shape)), use_cache=False) == "dense"
+    snn.sparsify_(model, example_input=x, min_sparsity=0.5)
+    rows = {r["name"]: r for r in snn.layer_table(model)}
+    assert {"dense", "fused_dense"} <= set(rows["conv1"]["candidates"])
+    assert rows["conv1"]["kernel"] in rows["conv1"]["candidates"]
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), ref, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(untuned(x), ref, rtol=1e-4, atol=1e-4)
 
 
 def test_sparsify_without_pool_fusion_keeps_pools():
