@@ -129,8 +129,13 @@ def init_from_env(backend: str = "auto") -> DistContext:
 
 
 def cleanup() -> None:
-    """Leave the process group (no-op without one)."""
+    """Leave the process group (no-op without one), after a barrier: no rank tears its
+    connections down while another is still using them (with gloo, a peer still polling a pair
+    that was closed under it aborts: "terminate called without an active exception", seen once
+    in a loaded test run)."""
     if dist.is_available() and dist.is_initialized():
+        if dist.get_world_size() > 1:
+            dist.barrier()
         dist.destroy_process_group()
 
 
