@@ -26,10 +26,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from numba import njit, prange
 
-from ..dense import prepare_dense
+from ..dense import conv2d_dense, prepare_dense
 from ..registry import ANY_FORMAT, Kernel, register
 from ._direct_common import workspace
 from ._pool import interior_columns, pool_plane
@@ -179,7 +178,8 @@ def conv2d_pool_fused_dense(prep, x, bias):
     ``"fused_dense"`` for op ``conv2d_pool``).
 
     For layers whose weight is too dense for a sparse convolution to pay (the first conv of
-    AlexNet / VGG, left dense by pruning) but followed by a max-pool: ``F.conv2d`` (oneDNN) on
+    AlexNet / VGG, left dense by pruning) but followed by a max-pool: the ``dense`` kernel's
+    convolution (:func:`~sparsecnn.kernels.dense.conv2d_dense`: ``F.conv2d``, oneDNN, ReLU) on
     the densified weight, then :func:`_pool_band` on the whole conv output, in place of
     ``max_pool2d``, whose NCHW path is a scalar loop (see :mod:`._pool`). The conv output goes
     to memory (no bands: oneDNN computes it in one call).
@@ -198,9 +198,7 @@ def conv2d_pool_fused_dense(prep, x, bias):
     torch.Tensor (N, K, PH, PW) float32: ``max_pool2d(relu?(conv2d(x, w, bias)))``.
     """
     p = prep.problem
-    y = F.conv2d(x, prep.operand, bias, p.stride, p.padding, p.dilation, p.groups).contiguous()
-    if p.relu:
-        torch.relu_(y)
+    y = conv2d_dense(prep, x, bias).contiguous()
     out = np.empty(p.out_shape, dtype=np.float32)
     _pool_into(y, 0, 0, p.PH, p, out, _pool_rows(p, x.shape[0]))
     return torch.from_numpy(out)
@@ -226,5 +224,5 @@ register(Kernel(
                 "max-pool (row maxima vectorised) instead of max_pool2d",
 ))
 
-__all__ = ["conv2d_pool_fused_direct", "conv2d_pool_fused_dense", "prepare_fused_direct", "band_rows", "BandOperand",
-           "BAND_BYTES"]
+__all__ = ["conv2d_pool_fused_direct", "conv2d_pool_fused_dense", "prepare_fused_direct",
+           "band_rows", "BandOperand", "BAND_BYTES"]

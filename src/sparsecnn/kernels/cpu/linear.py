@@ -5,8 +5,8 @@
   it runs at memory speed on ``nnz * 6`` bytes (uint16 column indices where ``in_features <=
   65536``, :func:`~._common.prepare_compressed_narrow`; ``nnz * 8`` beyond) instead of the dense
   ``out * in * 4``: the source of the ~3x FC speed-up the seeds report (Han et al. 2016, EIE /
-  Deep Compression). At batch
-  B > 1 it repeats the dot per batch row (correct, rarely the fastest).
+  Deep Compression). At batch B > 1 it repeats the dot per batch row (correct, rarely the
+  fastest).
 - ``"spmm"`` (batch > 1): ``Y^T = W X^T`` with ``X^T`` (in, B) contiguous, so each nonzero
   broadcasts its value over a contiguous batch row (the same CSR SpMM as ``im2col_spmm``), then
   ``Y^T`` is transposed back.
