@@ -62,9 +62,8 @@ def main(out: str) -> int:
     except RuntimeError as exc:
         report["mismatch_caught"] = "conv2" in str(exc)
     (out / f"rank{ctx.rank}.json").write_text(json.dumps(report, default=str))
-    D.cleanup()
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1]))
+    D.exit_process(main(sys.argv[1]))  # not sys.exit: see D.exit_process

@@ -140,3 +140,13 @@ def test_torchrun_optimize_evolutionary_two_processes(tmp_path, dense_smallcnn, 
     assert res["verify"]["same_predictions"]
     a_multi, a_single = res["accuracy"]["pruned_top1"], single["accuracy"]["pruned_top1"]
     assert a_single >= 0.9 and abs(a_multi - a_single) <= 0.04, (a_multi, a_single)
+
+
+def test_exit_process_flushes_and_exits_with_the_code(tmp_path):
+    """``exit_process`` ends the process with the given status (``os._exit``) after flushing
+    what was printed; without a process group its cleanup is a no-op."""
+    code = ("import sys; from sparsecnn.prune import distributed as D; print('out', end=''); "
+            "print('err', end='', file=sys.stderr); D.exit_process(3); print('unreachable')")
+    proc = subprocess.run([sys.executable, "-c", code], env=_env(tmp_path), capture_output=True,
+                          text=True, timeout=120)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (3, "out", "err")

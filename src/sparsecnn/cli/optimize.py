@@ -88,9 +88,12 @@ def run(args) -> int:
     try:
         result = _optimize(args, optimize, console)   # errors: one line, exit 2 (cli.main)
     finally:
+        several_ranks = distributed.context().active
         distributed.cleanup()
     if result.get("results_dir") is not None:  # rank 0 (or one process)
         print_summary(result, Console())
+    if several_ranks:   # a torchrun rank: end now, not in a finalization gloo can abort
+        distributed.exit_process(0)
     return 0
 
 

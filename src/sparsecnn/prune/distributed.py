@@ -29,6 +29,7 @@ plain single-process loop.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -129,14 +130,37 @@ def init_from_env(backend: str = "auto") -> DistContext:
 
 
 def cleanup() -> None:
-    """Leave the process group (no-op without one), after a barrier: no rank tears its
-    connections down while another is still using them (with gloo, a peer still polling a pair
-    that was closed under it aborts: "terminate called without an active exception", seen once
-    in a loaded test run)."""
+    """Leave the process group (no-op without one), after a barrier, so no rank tears its
+    connections down while another still uses them. The process goes on; a ``torchrun`` rank
+    that used DDP should end with :func:`exit_process` (gloo can abort at interpreter exit)."""
     if dist.is_available() and dist.is_initialized():
         if dist.get_world_size() > 1:
             dist.barrier()
         dist.destroy_process_group()
+
+
+def exit_process(code: int = 0):
+    """Leave the process group (:func:`cleanup`), flush stdout / stderr and end this process
+    with exit status ``code`` at once (``os._exit``: no interpreter finalization, no ``atexit``
+    handlers). Does not return.
+
+    For the end of a ``torchrun`` rank that used DDP, once its results are written. With
+    PyTorch 2.13 and gloo, the process group outlives ``destroy_process_group`` after DDP used it
+    (a C++ reference, not one from Python) and its worker threads keep running; one that drops
+    its last finished collective while the interpreter finalizes must take the GIL, is ended by
+    the interpreter, and the rank aborts ("terminate called without an active exception",
+    SIGABRT; a core showed ``ProcessGroupGloo::runLoop`` -> ``~AsyncAllreduceWork`` ->
+    ``decref_pyobject`` -> ``take_gil`` -> ``pthread_exit``; PyTorch's pull request #179291
+    describes the same). It happened in about 1 of 10 two-rank runs on a loaded 2-core machine,
+    after every result was written; ending here skips the finalization it races with.
+    """
+    cleanup()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (AttributeError, OSError, ValueError):  # closed or replaced streams
+            pass
+    os._exit(int(code))
 
 
 def barrier() -> None:
