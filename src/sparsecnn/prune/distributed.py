@@ -31,6 +31,7 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import dataclass
+from typing import NoReturn
 
 import torch
 import torch.distributed as dist
@@ -139,7 +140,7 @@ def cleanup() -> None:
         dist.destroy_process_group()
 
 
-def exit_process(code: int = 0):
+def exit_process(code: int = 0) -> NoReturn:
     """Leave the process group (:func:`cleanup`), flush stdout / stderr and end this process
     with exit status ``code`` at once (``os._exit``: no interpreter finalization, no ``atexit``
     handlers). Does not return.
